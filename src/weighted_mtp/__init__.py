@@ -1,0 +1,4 @@
+"""weighted-mtp
+"""
+
+__version__ = "0.1"
