@@ -14,6 +14,7 @@ from weighted_mtp.evaluation import (
     check_program,
     execution,
     run_program,
+    sandbox,
 )
 
 FAST = SandboxLimits(cpu_seconds=2, wall_seconds=4, memory_bytes=512 * 1024**2)
@@ -68,7 +69,7 @@ def test_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     result = run_program("import os\nprint(sorted(os.environ))", None, FAST)
     names = eval(result.stdout)  # a printed list of str
     assert "WMTP_TEST_TOKEN" not in names
-    assert set(names) <= set(execution._environment("/x"))
+    assert set(names) <= set(sandbox._environment("/x"))
 
 
 def test_hash_seed_is_fixed() -> None:
@@ -166,8 +167,8 @@ def test_fallback_without_namespaces_still_protects_the_evaluator(
 ) -> None:
     # The non-root path: rlimits + supervisor only. The program's parent is the supervisor,
     # so killing it cannot reach the evaluator.
-    weak = execution.Isolation(namespaces=False, drop_uid=False, masks=())
-    monkeypatch.setattr(execution, "isolation", lambda: weak)
+    weak = sandbox.Isolation(namespaces=False, drop_uid=False, masks=())
+    monkeypatch.setattr(sandbox, "isolation", lambda: weak)
     ok = run_program(f"import os\nprint(os.getppid() != {os.getpid()})", None, FAST)
     assert ok.stdout.strip() == "True"
     killer = run_program("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", None, FAST)
