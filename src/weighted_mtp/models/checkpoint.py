@@ -1,0 +1,558 @@
+"""Model directory IO: write and read ``params.json``, safetensors weights, ``tokenizer.model``
+and ``metadata.json``, locally or on any fsspec filesystem (``s3://...``).
+
+Layout (docs/contracts.md)::
+
+    params.json                     ModelArgs (Meta's fields + max_seq_len)
+    model.safetensors               all weights, Meta key names ...
+      | model-00001-of-0000N.safetensors + model.safetensors.index.json   (HF's index format)
+    tokenizer.model                 SentencePiece model
+    metadata.json                   {"dtype", "files": {name: sha256}, "origin", ...}
+
+Writes are atomic. Locally the directory is filled under a temporary sibling and renamed into
+place. Object stores have no rename, so there the destination is cleared, the files are uploaded
+and ``metadata.json`` goes last: it is the commit marker, and a directory without it is an
+interrupted write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import safetensors.torch
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from torch import nn
+
+from weighted_mtp.models.args import ModelArgs
+
+logger = logging.getLogger(__name__)
+
+PARAMS_FILE = "params.json"
+HF_CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.model"
+METADATA_FILE = "metadata.json"
+VALUE_HEAD_PREFIX = "value_head."
+FORMAT_NAME = "weighted-mtp-model-directory"
+FORMAT_VERSION = 1
+CACHE_ENV = "WMTP_MODEL_CACHE"
+_LISTING_FILE = ".wmtp-listing.json"
+
+_DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+# safetensors header dtype codes -> torch dtypes (the ones a model directory can hold).
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class ModelDirectoryError(Exception):
+    """A model directory that cannot be read or written as the contract describes."""
+
+
+class ModelFileNotFoundError(ModelDirectoryError, FileNotFoundError):
+    """A file the model directory must contain is absent."""
+
+
+class ChecksumMismatchError(ModelDirectoryError):
+    """A file's SHA256 differs from the one recorded in ``metadata.json``."""
+
+
+class MissingKeyError(ModelDirectoryError):
+    """A weight the model needs is not in the directory's safetensors files."""
+
+
+class UnexpectedKeyError(ModelDirectoryError):
+    """The safetensors files hold a weight the model does not have."""
+
+
+class ShapeMismatchError(ModelDirectoryError):
+    """A stored weight has a different shape than the model expects."""
+
+
+class DtypeMismatchError(ModelDirectoryError):
+    """A stored weight has a different dtype than ``metadata.json`` records."""
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype.removeprefix("torch.").lower()
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)}")
+    return _DTYPE_NAMES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (the spelling stored in ``metadata.json``)."""
+    return str(dtype).removeprefix("torch.")
+
+
+# --------------------------------------------------------------------------- filesystems
+def open_fs(url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None):
+    """``(filesystem, path without protocol)`` for a local path or fsspec URL."""
+    fs, path = fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def sha256_file(path: str | Path, fs: fsspec.AbstractFileSystem | None = None) -> str:
+    """Hex SHA256 of a file, streamed in 8 MiB blocks (7B weights do not fit twice in RAM)."""
+    digest = hashlib.sha256()
+    opener = fs.open if fs is not None else open
+    with opener(str(path), "rb") as handle:
+        while block := handle.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_directory_atomically(
+    out_dir: str | os.PathLike,
+    fill: Callable[[Path], None],
+    *,
+    commit_file: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Create (or replace) the directory ``out_dir`` with what ``fill(tmp_dir)`` writes.
+
+    Local: ``fill`` writes into a temporary sibling, which is renamed into place; a previous
+    directory is first renamed aside and deleted after, so readers see the old or the new
+    directory, never a mix. Remote: ``fill`` writes into a local temporary directory; the
+    destination's ``commit_file`` is removed first, then everything else, then the new files are
+    uploaded with ``commit_file`` last. Returns ``out_dir`` as given (a string).
+    """
+    fs, dest = open_fs(out_dir, storage_options)
+    if is_local(fs):
+        final = Path(dest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            fill(tmp)
+            if final.exists():
+                old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return str(out_dir)
+
+    if "/" not in dest.strip("/"):
+        raise ModelDirectoryError(
+            f"{out_dir}: refusing to write a model directory at a bucket root"
+        )
+    with tempfile.TemporaryDirectory(prefix="wmtp-upload-") as staging:
+        fill(Path(staging))
+        names = sorted(p.name for p in Path(staging).iterdir())
+        if commit_file not in names:
+            raise ModelDirectoryError(f"{out_dir}: writer produced no {commit_file}")
+        if fs.exists(f"{dest}/{commit_file}"):
+            fs.rm_file(f"{dest}/{commit_file}")
+        if fs.exists(dest):
+            fs.rm(dest, recursive=True)
+        for name in [n for n in names if n != commit_file] + [commit_file]:
+            fs.put_file(str(Path(staging) / name), f"{dest}/{name}")
+        fs.invalidate_cache(dest)
+    return str(out_dir)
+
+
+# --------------------------------------------------------------------------- local copies
+def default_cache_dir() -> Path:
+    """``$WMTP_MODEL_CACHE`` or ``~/.cache/weighted_mtp/models``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "weighted_mtp" / "models")
+
+
+def local_model_dir(
+    model_dir: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """A local path holding ``model_dir``'s files: the path itself when local, else a cached copy.
+
+    The cache entry (named by the URL's hash) is reused while the remote listing (names and
+    sizes) is unchanged; a new copy is downloaded beside it and renamed into place.
+    """
+    fs, root = open_fs(model_dir, storage_options)
+    if is_local(fs):
+        if not Path(root).is_dir():
+            raise ModelFileNotFoundError(f"model directory {model_dir} does not exist")
+        return Path(root)
+    if not fs.isdir(root):
+        raise ModelFileNotFoundError(f"model directory {model_dir} does not exist")
+    # Size alone would miss a retrained model of the same architecture (every file the same
+    # size): the object's ETag / modification time changes with any rewrite.
+    remote = {
+        info["name"][len(root) + 1 :]: [
+            int(info.get("size") or 0),
+            str(info.get("ETag") or info.get("etag") or info.get("LastModified") or ""),
+            str(info.get("mtime") or info.get("last_modified") or ""),
+        ]
+        for info in fs.find(root, detail=True).values()
+        if info.get("type", "file") == "file"
+    }
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    key = hashlib.sha256(f"{protocol}://{root}".encode()).hexdigest()[:16]
+    target = cache_root / f"{Path(root).name}-{key}"
+    listing = target / _LISTING_FILE
+    if listing.is_file() and json.loads(listing.read_text()) == remote:
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    staging = cache_root / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        for name in sorted(remote):
+            local = staging / name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root}/{name}", str(local))
+        (staging / _LISTING_FILE).write_text(json.dumps(remote, sort_keys=True))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("copied %s (%d files) to %s", model_dir, len(remote), target)
+    return target
+
+
+# --------------------------------------------------------------------------- writing
+@dataclass
+class ModelDirectoryContents:
+    """What :func:`save_model_dir` writes: the value a Kedro node returns for a model directory
+    dataset (``ModelDirectoryDataset.save``)."""
+
+    model: nn.Module | Mapping[str, torch.Tensor]
+    args: ModelArgs
+    tokenizer: bytes | str | os.PathLike | Any
+    value_head: nn.Module | None = None
+    dtype: str | torch.dtype | None = None
+    origin: str = "unknown"
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def tokenizer_bytes(
+    tokenizer: bytes | str | os.PathLike | Any, storage_options: Mapping[str, Any] | None = None
+) -> bytes:
+    """The serialized SentencePiece model from bytes, a path/URL, or an object with
+    ``model_proto`` (``weighted_mtp.data.tokenizer.Tokenizer``)."""
+    if isinstance(tokenizer, bytes | bytearray):
+        return bytes(tokenizer)
+    proto = getattr(tokenizer, "model_proto", None)
+    if isinstance(proto, bytes | bytearray):
+        return bytes(proto)
+    if isinstance(tokenizer, str | os.PathLike):
+        fs, path = open_fs(tokenizer, storage_options)
+        if not fs.exists(path):
+            raise ModelFileNotFoundError(f"tokenizer file {tokenizer} does not exist")
+        return fs.cat_file(path)
+    raise TypeError(
+        f"tokenizer must be bytes, a path or have .model_proto, got {type(tokenizer).__name__}"
+    )
+
+
+def collect_state_dict(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    *,
+    value_head: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """Persistent tensors of ``model`` (+ ``value_head`` under ``value_head.``), detached, on CPU,
+    contiguous, floating ones cast to ``dtype``; storage shared between keys is copied since
+    safetensors refuses aliases."""
+    parts: list[tuple[str, Mapping[str, torch.Tensor]]] = [
+        ("", model.state_dict() if isinstance(model, nn.Module) else model)
+    ]
+    if value_head is not None:
+        head_sd = value_head.state_dict() if isinstance(value_head, nn.Module) else value_head
+        parts.append((VALUE_HEAD_PREFIX, head_sd))
+    out: dict[str, torch.Tensor] = {}
+    seen_storage: set[int] = set()
+    for prefix, state in parts:
+        for key, tensor in state.items():
+            name = prefix + key
+            if name in out:
+                raise ModelDirectoryError(f"duplicate weight key {name!r}")
+            t = tensor.detach()
+            if t.device.type != "cpu":
+                t = t.cpu()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            t = t.contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen_storage and t.numel():
+                t = t.clone()
+            seen_storage.add(t.untyped_storage().data_ptr())
+            out[name] = t
+    return out
+
+
+def write_safetensors(
+    tensors: Mapping[str, torch.Tensor], directory: Path, max_shard_bytes: int | None = None
+) -> list[str]:
+    """Write ``model.safetensors``, or shards + ``model.safetensors.index.json`` when the total
+    exceeds ``max_shard_bytes``. Shards are filled greedily in state-dict order (a tensor larger
+    than the limit gets a shard of its own). Returns the file names written."""
+    sizes = {k: t.numel() * t.element_size() for k, t in tensors.items()}
+    total = sum(sizes.values())
+    file_meta = {"format": "pt"}
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        safetensors.torch.save_file(dict(tensors), str(directory / WEIGHTS_FILE), file_meta)
+        return [WEIGHTS_FILE]
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for key in tensors:
+        if groups[-1] and filled + sizes[key] > max_shard_bytes:
+            groups.append([])
+            filled = 0
+        groups[-1].append(key)
+        filled += sizes[key]
+    names = [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    weight_map: dict[str, str] = {}
+    for name, keys in zip(names, groups, strict=True):
+        safetensors.torch.save_file({k: tensors[k] for k in keys}, str(directory / name), file_meta)
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return [*names, INDEX_FILE]
+
+
+def save_model_dir(
+    model: nn.Module | Mapping[str, torch.Tensor],
+    args: ModelArgs,
+    tokenizer: bytes | str | os.PathLike | Any,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = None,
+    value_head: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    origin: str = "unknown",
+    max_shard_bytes: int | None = None,
+    extra_metadata: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Write a model directory (local path or fsspec URL) atomically.
+
+    Args:
+        model: an ``MTPTransformer`` or its state dict (Meta key names).
+        args: written to ``params.json``.
+        tokenizer: SentencePiece model as bytes, a path/URL, or a ``Tokenizer``.
+        out_dir: the directory to create or replace.
+        dtype: cast floating weights to it (default: keep each tensor's dtype).
+        value_head: saved under ``value_head.`` in the same safetensors files.
+        origin: provenance recorded in ``metadata.json`` (e.g. ``"meta:7B_1T_4"``).
+        max_shard_bytes: shard above this many bytes (HF index format).
+        extra_metadata: more ``metadata.json`` fields.
+        storage_options: fsspec options (credentials, endpoint) for ``out_dir``.
+
+    Returns:
+        ``out_dir`` as a string.
+    """
+    tensors = collect_state_dict(model, value_head=value_head, dtype=parse_dtype(dtype))
+    float_dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if len(float_dtypes) > 1:
+        raise DtypeMismatchError(
+            f"{out_dir}: weights mix dtypes {sorted(map(dtype_name, float_dtypes))}; pass dtype="
+        )
+    stored = dtype_name(float_dtypes.pop()) if float_dtypes else None
+    proto = tokenizer_bytes(tokenizer, storage_options)
+
+    def fill(directory: Path) -> None:
+        files = write_safetensors(tensors, directory, max_shard_bytes)
+        args.to_json(directory / PARAMS_FILE)
+        (directory / TOKENIZER_FILE).write_bytes(proto)
+        files += [PARAMS_FILE, TOKENIZER_FILE]
+        metadata = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "dtype": stored,
+            "files": {name: sha256_file(directory / name) for name in sorted(files)},
+            "origin": origin,
+            "n_parameters": sum(t.numel() for k, t in tensors.items()),
+            "has_value_head": any(k.startswith(VALUE_HEAD_PREFIX) for k in tensors),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **dict(extra_metadata or {}),
+        }
+        (directory / METADATA_FILE).write_text(
+            json.dumps(metadata, indent=2) + "\n", encoding="utf-8"
+        )
+
+    return write_directory_atomically(
+        out_dir, fill, commit_file=METADATA_FILE, storage_options=storage_options
+    )
+
+
+# --------------------------------------------------------------------------- reading
+def read_json_file(fs: fsspec.AbstractFileSystem, path: str, label: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``label`` names the file in errors."""
+    if not fs.exists(path):
+        raise ModelFileNotFoundError(f"{label} does not exist")
+    try:
+        raw = json.loads(fs.cat_file(path))
+    except json.JSONDecodeError as exc:
+        raise ModelDirectoryError(f"{label}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ModelDirectoryError(f"{label}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def read_metadata(
+    model_dir: str | os.PathLike, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """``metadata.json`` of a model directory, or None when it has none (e.g. a HF directory)."""
+    fs, root = open_fs(model_dir, storage_options)
+    path = f"{root}/{METADATA_FILE}"
+    return read_json_file(fs, path, f"{model_dir}/{METADATA_FILE}") if fs.exists(path) else None
+
+
+def safetensors_header(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    """The JSON header of a safetensors file (names, dtypes, shapes) without reading tensors."""
+    with fs.open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > 100 << 20:
+            raise ModelDirectoryError(f"{path}: implausible safetensors header ({length} bytes)")
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where a weight lives and what it looks like, from the safetensors headers."""
+
+    file: str
+    dtype: torch.dtype | str
+    shape: tuple[int, ...]
+
+
+def read_weight_index(
+    model_dir: str | os.PathLike, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, StoredTensor]:
+    """``{key: StoredTensor}`` for a single-file or sharded (index) directory, headers only."""
+    fs, root = open_fs(model_dir, storage_options)
+    index_path = f"{root}/{INDEX_FILE}"
+    if fs.exists(index_path):
+        index = read_json_file(fs, index_path, f"{model_dir}/{INDEX_FILE}")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelDirectoryError(f"{model_dir}/{INDEX_FILE}: no 'weight_map' object")
+        files = sorted(set(weight_map.values()))
+    elif fs.exists(f"{root}/{WEIGHTS_FILE}"):
+        weight_map, files = None, [WEIGHTS_FILE]
+    else:
+        raise ModelFileNotFoundError(f"{model_dir}: neither {WEIGHTS_FILE} nor {INDEX_FILE} exists")
+    out: dict[str, StoredTensor] = {}
+    for name in files:
+        path = f"{root}/{name}"
+        if not fs.exists(path):
+            raise ModelFileNotFoundError(
+                f"{model_dir}/{name} does not exist (listed in {model_dir}/{INDEX_FILE})"
+            )
+        for key, info in safetensors_header(fs, path).items():
+            if weight_map is not None and weight_map.get(key) != name:
+                raise ModelDirectoryError(
+                    f"{model_dir}/{name}: holds {key!r}, which {INDEX_FILE} maps to "
+                    f"{weight_map.get(key)!r}"
+                )
+            dtype = SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"])
+            out[key] = StoredTensor(name, dtype, tuple(info["shape"]))
+    if weight_map is not None:
+        for key, name in weight_map.items():
+            if key not in out:
+                raise MissingKeyError(
+                    f"{model_dir}/{INDEX_FILE} maps {key!r} to {name}, which does not hold it"
+                )
+    return out
+
+
+def read_state_dict(
+    model_dir: str | os.PathLike, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
+    """All tensors of a single-file or sharded directory, on CPU. Local files are memory-mapped;
+    remote ones are read whole (use :func:`local_model_dir` first for large models)."""
+    fs, root = open_fs(model_dir, storage_options)
+    files = sorted({info.file for info in read_weight_index(model_dir, storage_options).values()})
+    if not files:  # a directory with an empty weight file
+        files = [WEIGHTS_FILE] if fs.exists(f"{root}/{WEIGHTS_FILE}") else []
+    out: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = f"{root}/{name}"
+        if is_local(fs):
+            out.update(safetensors.torch.load_file(path))
+        else:
+            out.update(safetensors.torch.load(fs.cat_file(path)))
+    return out
+
+
+def verify_checksums(
+    model_dir: str | os.PathLike,
+    metadata: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Check every file listed in ``metadata.json`` against its SHA256.
+
+    Raises:
+        ModelFileNotFoundError: a listed file is absent.
+        ChecksumMismatchError: names the file, the expected and the actual digest.
+    """
+    fs, root = open_fs(model_dir, storage_options)
+    if metadata is None:
+        metadata = read_metadata(model_dir, storage_options)
+    if metadata is None:
+        raise ModelFileNotFoundError(f"{model_dir}/{METADATA_FILE} does not exist")
+    files = metadata.get("files")
+    if not isinstance(files, dict):
+        raise ModelDirectoryError(f"{model_dir}/{METADATA_FILE}: no 'files' object")
+    for name, expected in sorted(files.items()):
+        path = f"{root}/{name}"
+        if not fs.exists(path):
+            raise ModelFileNotFoundError(
+                f"{model_dir}/{name} does not exist (listed in {METADATA_FILE})"
+            )
+        actual = sha256_file(path, fs)
+        if actual != expected:
+            raise ChecksumMismatchError(
+                f"{model_dir}/{name}: sha256 {actual} does not match {expected} recorded in "
+                f"{METADATA_FILE} (corrupt or partial copy)"
+            )
