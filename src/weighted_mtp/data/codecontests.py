@@ -1,0 +1,424 @@
+"""Hugging Face ``deepmind/code_contests`` rows -> training records and evaluation problems.
+
+Rows arrive as read from parquet or JSONL: nested fields are dicts of lists
+(``{"input": [...], "output": [...]}``), dicts of numpy arrays (pandas/pyarrow) or lists of
+``{"input", "output"}`` objects (protobuf JSON); all three are accepted.
+
+Enum numberings. The ``source`` and ``difficulty`` ints differ between dm-code_contests'
+``contest_problem.proto`` and the Hugging Face dataset card:
+
+* source: proto ``ATCODER = 6, AIZU = 7`` (5 is reserved); card ``ATCODER (5), AIZU (6)``.
+* difficulty: both agree up to ``K = 17``; the proto skips 18 (``L = 19 ... V = 29``), the card
+  does not (``L (18) ... V (28)``).
+
+``numbering="hf"`` or ``"proto"`` reads every row of a file with one of them. ``"auto"`` (the
+default) looks at the whole file for values only one numbering has (source 5 or difficulty 18:
+card; source 7 or difficulty 29: proto); a file holding both kinds is an error. Without such
+evidence, values on which the numberings differ (source 6, difficulty 19-28) are read with the
+card numbering, since the rows come from the Hugging Face files, and a warning says so.
+
+Canonical difficulty: training metadata and evaluation problems carry the card numbering
+(contiguous: 0 unknown, 1-5 EASY..HARDEST, 6 EXTERNAL, 7-28 letters A..V), which is also what
+``weighted_mtp.data.sampling`` bins on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from weighted_mtp.data.errors import RecordError, UnknownEnumError
+from weighted_mtp.data.records import BadRecordSink, row_locations
+
+logger = logging.getLogger(__name__)
+
+DATASET = "codecontests"
+NUMBERINGS = ("auto", "hf", "proto")
+
+#: Solution.Language of the proto (the card agrees). Only PYTHON3 solutions are kept.
+LANGUAGES = {0: "UNKNOWN_LANGUAGE", 1: "PYTHON", 2: "CPP", 3: "PYTHON3", 4: "JAVA"}
+PYTHON3 = 3
+
+SOURCES_PROTO = {
+    0: "UNKNOWN_SOURCE",
+    1: "CODECHEF",
+    2: "CODEFORCES",
+    3: "HACKEREARTH",
+    4: "CODEJAM",
+    6: "ATCODER",
+    7: "AIZU",
+}
+SOURCES_HF = {
+    0: "UNKNOWN_SOURCE",
+    1: "CODECHEF",
+    2: "CODEFORCES",
+    3: "HACKEREARTH",
+    4: "CODEJAM",
+    5: "ATCODER",
+    6: "AIZU",
+}
+
+_DIFFICULTY_NAMES = [
+    "UNKNOWN_DIFFICULTY",
+    "EASY",
+    "MEDIUM",
+    "HARD",
+    "HARDER",
+    "HARDEST",
+    "EXTERNAL",
+    *"ABCDEFGHIJKLMNOPQRSTUV",
+]
+#: The card numbering: contiguous. Also the canonical numbering of our outputs.
+DIFFICULTIES_HF = dict(enumerate(_DIFFICULTY_NAMES))
+#: The proto numbering: as the card up to K = 17, then 18 is skipped.
+DIFFICULTIES_PROTO = {i if i <= 17 else i + 1: name for i, name in enumerate(_DIFFICULTY_NAMES)}
+CANONICAL_DIFFICULTY = {name: i for i, name in DIFFICULTIES_HF.items()}
+
+_TABLES = {
+    "hf": (SOURCES_HF, DIFFICULTIES_HF),
+    "proto": (SOURCES_PROTO, DIFFICULTIES_PROTO),
+}
+_HF_ONLY = ({5}, {18})
+_PROTO_ONLY = ({7}, {29})
+_AMBIGUOUS = ({6}, set(range(19, 29)))
+
+
+@dataclass
+class CodeContestsConversion:
+    """What :func:`convert_codecontests` produces from one file of rows.
+
+    Attributes:
+        records: training records (Python 3 solutions; correct ones with ``is_correct=True``,
+            incorrect ones with ``False``).
+        problems: one stdio evaluation problem per task that has tests.
+        quarantined: bad rows kept aside (``on_bad_record="quarantine"``).
+        numbering: the enum numbering the file was read with (``"hf"`` or ``"proto"``).
+        stats: counts for the log (rows, records, filtered solutions per language, ...).
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    numbering: str = "hf"
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def detect_numbering(rows: Sequence[dict[str, Any]], numbering: str, source_file: str) -> str:
+    """Resolve ``numbering`` (``auto``/``hf``/``proto``) for a whole file; see the module doc.
+
+    Raises:
+        UnknownEnumError: ``auto`` found values that only the card has and values that only the
+            proto has in the same file.
+    """
+    if numbering not in NUMBERINGS:
+        raise ValueError(f"enum numbering must be one of {NUMBERINGS}, got {numbering!r}")
+    if numbering != "auto":
+        return numbering
+    path, lines = row_locations(rows, source_file)
+    hf_line = proto_line = ambiguous_line = None
+    for row, line in zip(rows, lines, strict=True):
+        if not isinstance(row, dict):
+            continue  # reported by the conversion itself
+        source, difficulty = row.get("source"), row.get("difficulty")
+        if hf_line is None and (source in _HF_ONLY[0] or difficulty in _HF_ONLY[1]):
+            hf_line = line
+        if proto_line is None and (source in _PROTO_ONLY[0] or difficulty in _PROTO_ONLY[1]):
+            proto_line = line
+        if ambiguous_line is None and (source in _AMBIGUOUS[0] or difficulty in _AMBIGUOUS[1]):
+            ambiguous_line = line
+    if hf_line is not None and proto_line is not None:
+        raise UnknownEnumError(
+            path,
+            proto_line,
+            "source/difficulty values of both numberings in one file: line "
+            f"{hf_line} has a value only the Hugging Face card uses (source 5 or difficulty 18), "
+            f"this line one only the proto uses (source 7 or difficulty 29); set "
+            "enum_numbering to 'hf' or 'proto' explicitly",
+        )
+    if proto_line is not None:
+        return "proto"
+    if hf_line is None and ambiguous_line is not None:
+        logger.warning(
+            "%s: no value tells the enum numbering apart (first ambiguous value at line %d); "
+            "reading source/difficulty with the Hugging Face card numbering",
+            path,
+            ambiguous_line,
+        )
+    return "hf"
+
+
+def _as_list(value: Any) -> list:
+    # pyarrow/pandas give numpy arrays for list columns; tolist() turns their scalars into
+    # Python ints and strs too.
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return list(value)
+
+
+def _pairs(
+    value: Any, first: str, second: str, what: str, path: str, line: int
+) -> list[tuple[Any, Any]]:
+    """``{first: [...], second: [...]}`` or ``[{first, second}, ...]`` -> list of pairs."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        if first not in value or second not in value:
+            raise RecordError(path, line, f"field {what!r} must have keys {first!r} and {second!r}")
+        a, b = value[first], value[second]
+        a = [] if a is None else a
+        b = [] if b is None else b
+        try:
+            a, b = _as_list(a), _as_list(b)
+        except TypeError as exc:
+            raise RecordError(
+                path, line, f"field {what!r}: {first!r} and {second!r} must be lists"
+            ) from exc
+        if len(a) != len(b):
+            raise RecordError(
+                path,
+                line,
+                f"field {what!r}: {len(a)} {first!r} values but {len(b)} {second!r} values",
+            )
+        return list(zip(a, b, strict=True))
+    try:
+        items = _as_list(value)
+    except TypeError as exc:
+        raise RecordError(
+            path, line, f"field {what!r} must be an object of lists or a list of objects"
+        ) from exc
+    pairs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or first not in item or second not in item:
+            raise RecordError(
+                path, line, f"field {what!r}[{index}] must be an object with {first!r}, {second!r}"
+            )
+        pairs.append((item[first], item[second]))
+    return pairs
+
+
+def _int_field(row: dict[str, Any], key: str, path: str, line: int) -> int:
+    value = row.get(key, 0)
+    if value is None:
+        return 0
+    if hasattr(value, "item") and not isinstance(value, (list, dict)):
+        value = value.item()  # numpy scalar
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(path, line, f"field {key!r} must be an int enum value, got {value!r:.40}")
+    return value
+
+
+def _time_limit_seconds(value: Any, path: str, line: int) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        seconds = value.get("seconds") or 0
+        nanos = value.get("nanos") or 0
+        if not isinstance(seconds, (int, float)) or not isinstance(nanos, (int, float)):
+            raise RecordError(path, line, "field 'time_limit' must be {seconds: int, nanos: int}")
+        total = float(seconds) + float(nanos) / 1e9
+        return total if total > 0 else None
+    raise RecordError(path, line, f"field 'time_limit' must be an object, got {value!r:.40}")
+
+
+def _tests(row: dict[str, Any], path: str, line: int) -> list[dict[str, str]]:
+    tests = []
+    for key in ("public_tests", "private_tests", "generated_tests"):
+        for index, (inp, out) in enumerate(
+            _pairs(row.get(key), "input", "output", key, path, line)
+        ):
+            if not isinstance(inp, str) or not isinstance(out, str):
+                raise RecordError(path, line, f"field {key!r}: test {index} must be two strings")
+            tests.append({"input": inp, "output": out})
+    return tests
+
+
+def _solutions(row: dict[str, Any], key: str, path: str, line: int, filtered: Counter) -> list[str]:
+    """The Python 3 programs of ``row[key]``; other languages counted in ``filtered``."""
+    kept = []
+    for index, (language, program) in enumerate(
+        _pairs(row.get(key), "language", "solution", key, path, line)
+    ):
+        if hasattr(language, "item"):
+            language = language.item()
+        if isinstance(language, bool) or not isinstance(language, int):
+            raise RecordError(path, line, f"field {key!r}: language {index} must be an int")
+        if language not in LANGUAGES:
+            raise UnknownEnumError(
+                path,
+                line,
+                f"field {key!r}: solution {index} has language {language}, expected one of "
+                f"{sorted(LANGUAGES)} ({', '.join(LANGUAGES.values())})",
+            )
+        if not isinstance(program, str):
+            raise RecordError(path, line, f"field {key!r}: solution {index} must be a string")
+        if language == PYTHON3:
+            kept.append(program)
+        else:
+            filtered[LANGUAGES[language]] += 1
+    return kept
+
+
+def _convert_row(
+    row: Any,
+    path: str,
+    line: int,
+    split: str,
+    numbering: str,
+    max_solutions_per_task: int | None,
+    filtered: Counter,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    if not isinstance(row, dict):
+        raise RecordError(path, line, f"expected an object (a CodeContests row), got {row!r:.40}")
+    for key in ("name", "description"):
+        if key not in row:
+            raise RecordError(path, line, f"missing field {key!r} (expected a string)")
+        if not isinstance(row[key], str):
+            raise RecordError(path, line, f"field {key!r} must be a string, got {row[key]!r:.40}")
+    if not row["name"].strip():
+        raise RecordError(path, line, "field 'name' must be a non-empty string")
+    sources, difficulties = _TABLES[numbering]
+    source = _int_field(row, "source", path, line)
+    difficulty = _int_field(row, "difficulty", path, line)
+    if source not in sources:
+        raise UnknownEnumError(
+            path,
+            line,
+            f"source {source} is not in the {numbering} numbering (expected one of "
+            f"{sorted(sources)})",
+        )
+    if difficulty not in difficulties:
+        raise UnknownEnumError(
+            path,
+            line,
+            f"difficulty {difficulty} is not in the {numbering} numbering (expected one of "
+            f"{sorted(difficulties)})",
+        )
+    canonical = CANONICAL_DIFFICULTY[difficulties[difficulty]]
+    tests = _tests(row, path, line)
+    # Rows are validated whole before any record is emitted, so a bad row never leaves half of
+    # its solutions behind (the caller counts ``filtered`` only for rows it keeps).
+    correct = _solutions(row, "solutions", path, line, filtered)
+    incorrect = _solutions(row, "incorrect_solutions", path, line, filtered)
+    time_limit = _time_limit_seconds(row.get("time_limit"), path, line)
+
+    task_id = f"{DATASET}/{split}/{row['name']}"
+    meta = {
+        "source": f"{DATASET}/{sources[source].lower()}",
+        "difficulty": canonical,
+        "has_tests": bool(tests),
+    }
+    if max_solutions_per_task is not None:
+        correct = correct[:max_solutions_per_task]
+        incorrect = incorrect[:max_solutions_per_task]
+    records = [
+        {
+            "instruction": row["description"],
+            "input": "",
+            "output": program,
+            "task_id": task_id,
+            "is_correct": is_correct,
+            "metadata": dict(meta),
+        }
+        for programs, is_correct in ((correct, True), (incorrect, False))
+        for program in programs
+    ]
+    problem = None
+    if tests:
+        problem = {
+            "task_id": task_id,
+            "dataset": DATASET,
+            "prompt": row["description"],
+            "entry_point": None,
+            "kind": "stdio",
+            "tests": tests,
+            "execution_prefix": "",
+            "canonical_solution": correct[0] if correct else None,
+            "difficulty": canonical,
+            "split": split,
+            "time_limit": time_limit,
+        }
+    return records, problem
+
+
+def convert_codecontests(
+    rows: Sequence[dict[str, Any]],
+    *,
+    source_file: str | None = None,
+    split: str = "train",
+    numbering: str = "auto",
+    on_bad_record: str = "raise",
+    max_solutions_per_task: int | None = None,
+) -> CodeContestsConversion:
+    """Convert one split of CodeContests rows.
+
+    Args:
+        rows: rows of the Hugging Face schema (a :class:`~weighted_mtp.data.records.SourcedRows`
+            carries its file and line numbers into error messages).
+        source_file: the file to name in messages (default: ``rows.source``).
+        split: ``train``/``valid``/``test``; part of every ``task_id``
+            (``codecontests/<split>/<name>``).
+        numbering: ``auto``, ``hf`` or ``proto`` (module doc).
+        on_bad_record: ``raise`` or ``quarantine``.
+        max_solutions_per_task: keep at most this many correct and this many incorrect Python 3
+            solutions per task (the first ones); None keeps all.
+
+    Returns:
+        A :class:`CodeContestsConversion`.
+
+    Raises:
+        RecordError: a row misses a field or has a wrong type (policy ``raise``).
+        UnknownEnumError: a language, source or difficulty value outside the known enums.
+    """
+    path, lines = row_locations(rows, source_file)
+    sink = BadRecordSink(on_bad_record)
+    resolved = detect_numbering(rows, numbering, path)
+    out = CodeContestsConversion(numbering=resolved)
+    filtered: Counter = Counter()
+    seen: dict[str, int] = {}
+    no_tests = 0
+    for row, line in zip(rows, lines, strict=True):
+        row_filtered: Counter = Counter()
+        try:
+            records, problem = _convert_row(
+                row, path, line, split, resolved, max_solutions_per_task, row_filtered
+            )
+            first = seen.setdefault(row["name"], line)
+            if first != line:
+                raise RecordError(
+                    path, line, f"duplicate task name {row['name']!r} (first at line {first})"
+                )
+        except RecordError as error:
+            sink.reject(error, row)
+            continue
+        filtered.update(row_filtered)
+        out.records.extend(records)
+        if problem is None:
+            no_tests += 1
+        else:
+            out.problems.append(problem)
+    out.quarantined = sink.quarantined
+    n_correct = sum(r["is_correct"] for r in out.records)
+    out.stats = {
+        "rows": len(rows),
+        "records_correct": n_correct,
+        "records_incorrect": len(out.records) - n_correct,
+        "problems": len(out.problems),
+        "tasks_without_tests": no_tests,
+        "quarantined": len(out.quarantined),
+        **{f"filtered_{lang.lower()}": n for lang, n in sorted(filtered.items())},
+    }
+    logger.info(
+        "%s (%s numbering): %s; non-Python-3 solutions filtered: %s",
+        path,
+        resolved,
+        ", ".join(f"{k}={v}" for k, v in out.stats.items() if not k.startswith("filtered_")),
+        dict(filtered) or "none",
+    )
+    if no_tests:
+        logger.info("%s: %d tasks have no tests and give no evaluation problem", path, no_tests)
+    if out.quarantined:
+        logger.warning("%s: %d bad rows quarantined", path, len(out.quarantined))
+    return out
