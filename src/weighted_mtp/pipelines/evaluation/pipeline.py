@@ -1,0 +1,161 @@
+"""The evaluation pipeline: one namespaced generate/execute/summarise chain per model.
+
+Which models are evaluated is structure, not a run-time knob: each model is a catalog entry
+(a model directory) that its own sub-pipeline reads, and Kedro builds pipelines before it
+loads parameters. So ``create_pipeline`` takes the model names from ``evaluation.models`` in
+the project's parameters when the pipeline is created (base, overlaid by the environment in
+``KEDRO_ENV``), or from ``create_pipeline(models=[...])``; ``compare_models`` then checks at
+run time that the loaded ``params:evaluation`` agrees. Adding ``verifiable_model`` to that
+list adds a sub-pipeline ``verifiable_model.*`` and a bar to the report, with no code change.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from kedro.pipeline import Node, Pipeline
+
+from weighted_mtp.pipelines.evaluation.nodes import (
+    compare_models,
+    execute_completions,
+    generate_completions,
+    render_report,
+    score_canonical_solutions,
+    select_problems,
+    summarise_model,
+)
+
+DEFAULT_MODELS = ("base_model",)
+# Evaluation-problem catalog entries, by the dataset name used in evaluation.datasets.
+PROBLEM_SETS = {
+    "humaneval": "eval_problems_humaneval",
+    "mbpp": "eval_problems_mbpp",
+    "codecontests": "eval_problems_codecontests",
+}
+
+
+def configured_models(project_path: Path | None = None) -> list[str]:
+    """``evaluation.models`` from the project's parameters, or :data:`DEFAULT_MODELS` when no
+    configuration is found (e.g. the package used outside its project)."""
+    from kedro.framework.project import settings
+
+    start = (project_path or Path.cwd()).resolve()
+    for root in (start, *start.parents):
+        conf = root / settings.CONF_SOURCE
+        if (root / "pyproject.toml").is_file() and conf.is_dir():
+            break
+    else:
+        return list(DEFAULT_MODELS)
+    with warnings.catch_warnings():
+        # A second loader re-registers Kedro's resolvers; OmegaConf's deprecation notice about
+        # that was already shown by the session's own loader.
+        warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
+        loader = settings.CONFIG_LOADER_CLASS(
+            conf_source=str(conf), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS
+        )
+        models = loader["parameters"].get("evaluation", {}).get("models")
+    return list(models) if models else list(DEFAULT_MODELS)
+
+
+def model_pipeline() -> Pipeline:
+    """The chain for one model; namespaced per model by :func:`create_pipeline`."""
+    return Pipeline(
+        [
+            Node(
+                generate_completions,
+                inputs=[
+                    "model_dir",
+                    "tokenizer",
+                    "evaluation_problems",
+                    "params:evaluation",
+                    "params:runtime.device",
+                    "params:runtime.dtype",
+                ],
+                outputs=["completions", "generation_stats"],
+                name="generate_completions",
+            ),
+            Node(
+                execute_completions,
+                inputs=["evaluation_problems", "completions", "params:evaluation"],
+                outputs="evaluation_samples",
+                name="execute_completions",
+            ),
+            Node(
+                summarise_model,
+                inputs=[
+                    "evaluation_problems",
+                    "evaluation_samples",
+                    "generation_stats",
+                    "params:evaluation",
+                ],
+                outputs="evaluation_result",
+                name="summarise_model",
+            ),
+        ]
+    )
+
+
+def create_pipeline(models: Sequence[str] | None = None, **kwargs: object) -> Pipeline:
+    """Problems -> canonical check; per model: generate -> execute -> summarise; then the
+    comparison, metrics and report. ``models``: catalog names (default
+    :func:`configured_models`)."""
+    models = list(models) if models is not None else configured_models()
+    shared = Pipeline(
+        [
+            Node(
+                select_problems,
+                inputs={"params": "params:evaluation", **PROBLEM_SETS},
+                outputs="evaluation_problems",
+                name="select_evaluation_problems",
+            ),
+            Node(
+                score_canonical_solutions,
+                inputs=["evaluation_problems", "params:evaluation"],
+                outputs="canonical_evaluation_result",
+                name="score_canonical_solutions",
+            ),
+        ]
+    )
+    per_model = [
+        Pipeline(
+            model_pipeline(),
+            namespace=name,
+            inputs={
+                "model_dir": name,
+                "tokenizer": "tokenizer",
+                "evaluation_problems": "evaluation_problems",
+            },
+            # The result leaves the namespace under a plain name: compare_models reads it.
+            outputs={"evaluation_result": f"{name}_evaluation_result"},
+            parameters={
+                "params:evaluation": "params:evaluation",
+                "params:runtime.device": "params:runtime.device",
+                "params:runtime.dtype": "params:runtime.dtype",
+            },
+        )
+        for name in models
+    ]
+    report = Pipeline(
+        [
+            Node(
+                compare_models,
+                inputs={
+                    "canonical": "canonical_evaluation_result",
+                    "params": "params:evaluation",
+                    **{name: f"{name}_evaluation_result" for name in models},
+                },
+                outputs=["evaluation_results", "evaluation_table", "evaluation_metrics"],
+                name="compare_models",
+            ),
+            Node(
+                render_report,
+                inputs="evaluation_results",
+                outputs=["evaluation_report_png", "evaluation_report_html"],
+                name="render_evaluation_report",
+            ),
+        ]
+    )
+    return shared + sum(per_model, Pipeline([])) + report

@@ -1,0 +1,160 @@
+"""Batched KV-cache generation: padding, cache, sampling, stop sequences (real MTPTransformer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from weighted_mtp.evaluation.generation import (
+    generate,
+    generate_samples,
+    left_pad,
+    select_next_token,
+)
+from weighted_mtp.models import MTPTransformer, debug_args
+
+# A decode for tests: every token is one character, so stop sequences can be placed exactly.
+ALPHABET = "abcdefghijklmnopqrstuvwxyz\n# ()=:"
+
+
+def decode(ids: list[int]) -> str:
+    return "".join(ALPHABET[i % len(ALPHABET)] for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model() -> MTPTransformer:
+    torch.manual_seed(0)
+    # float64: argmax comparisons between differently batched computations never hit a
+    # rounding tie. init std 0.3 gives peaked, context-dependent logits.
+    net = MTPTransformer(debug_args(max_seq_len=96))
+    net.init_weights(std=0.3)
+    return net.double().eval()
+
+
+PROMPTS = [[5, 9, 13], [7, 1, 2, 3, 4, 5, 6, 8, 11], [100], [3, 3, 3, 3, 20]]
+
+
+def greedy_by_recompute(model: MTPTransformer, prompt: list[int], n: int) -> list[int]:
+    """Reference: no cache, no padding, the whole prefix recomputed for every token."""
+    seq = list(prompt)
+    for _ in range(n):
+        logits = model(torch.tensor([seq]), return_all_heads=False)
+        seq.append(int(logits[0, -1, 0].argmax()))
+    return seq[len(prompt) :]
+
+
+def test_cached_generation_equals_recomputing_the_prefix(model):
+    for prompt in PROMPTS:
+        [gen] = generate(model, [prompt], max_new_tokens=12)
+        assert gen.token_ids == greedy_by_recompute(model, prompt, 12)
+        assert gen.finish_reason == "length"
+
+
+def test_batched_left_padded_greedy_equals_per_prompt_greedy(model):
+    alone = [generate(model, [p], max_new_tokens=12)[0].token_ids for p in PROMPTS]
+    batched = [g.token_ids for g in generate(model, PROMPTS, max_new_tokens=12)]
+    assert batched == alone
+    # Rows finishing early (EOS) leave the batch; the others must be unaffected.
+    eos = alone[1][4]
+    batched_eos = generate(model, PROMPTS, max_new_tokens=12, eos_id=eos)
+    for gen, ref in zip(batched_eos, alone, strict=True):
+        expected = ref[: ref.index(eos)] if eos in ref else ref
+        assert gen.token_ids == expected
+        assert gen.finish_reason == ("eos" if eos in ref else "length")
+
+
+def test_left_pad_marks_padding():
+    tokens, valid = left_pad([[1, 2], [3]], pad_id=0)
+    assert tokens.tolist() == [[1, 2], [0, 3]]
+    assert valid.tolist() == [[True, True], [False, True]]
+
+
+def test_sampling_is_reproducible_per_seed_and_differs_across_seeds(model):
+    def run(seed: int) -> list[list[list[int]]]:
+        out = generate_samples(
+            model,
+            PROMPTS,
+            n_samples=3,
+            batch_size=5,
+            max_new_tokens=10,
+            temperature=1.0,
+            top_p=0.95,
+            seed=seed,
+        )
+        return [[g.token_ids for g in per_prompt] for per_prompt in out]
+
+    first, again, other = run(1), run(1), run(2)
+    assert first == again
+    assert first != other
+    # Samples of one prompt differ among themselves (it is sampling, not greedy).
+    assert any(len({tuple(s) for s in per_prompt}) > 1 for per_prompt in first)
+
+
+def test_tiny_top_p_is_greedy(model):
+    greedy = generate_samples(model, PROMPTS, max_new_tokens=10, batch_size=3)
+    nucleus = generate_samples(
+        model, PROMPTS, max_new_tokens=10, batch_size=3, temperature=1.5, top_p=1e-9, seed=7
+    )
+    assert [[g.token_ids for g in p] for p in nucleus] == [[g.token_ids for g in p] for p in greedy]
+
+
+def test_top_p_samples_only_from_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    picks = select_next_token(logits, temperature=1.0, top_p=0.7, generator=gen)
+    # Mass before token 1 is 0.5 < 0.7, before token 2 is 0.8 >= 0.7: only {0, 1} allowed.
+    assert set(picks.tolist()) == {0, 1}
+    assert 0.5 < (picks == 0).float().mean() < 0.75  # renormalised 0.5 / 0.8 = 0.625
+
+
+def test_stop_sequences_truncate_the_completion(model):
+    prompt = PROMPTS[1]
+    [free] = generate(model, [prompt], max_new_tokens=30, decode=decode)
+    stop_text = free.text[6:8]  # a stop sequence that the greedy completion does contain
+    first = free.text.find(stop_text)
+    [stopped] = generate(
+        model, [prompt], max_new_tokens=30, decode=decode, stop=[stop_text, "never"]
+    )
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[:first]
+    # Generation stopped at the token completing the stop sequence, not at the budget.
+    assert stopped.n_tokens == first + len(stop_text)
+    assert stopped.token_ids == free.token_ids[: stopped.n_tokens]
+
+
+def test_stop_rows_finish_early_in_a_batch(model):
+    free = generate(model, PROMPTS, max_new_tokens=20, decode=decode)
+    stop_text = free[0].text[3:5]
+    stopped = generate(model, PROMPTS, max_new_tokens=20, decode=decode, stop=[stop_text])
+    for s, f in zip(stopped, free, strict=True):
+        cut = f.text.find(stop_text)
+        assert s.text == (f.text if cut < 0 else f.text[:cut])
+        assert s.finish_reason == ("length" if cut < 0 else "stop")
+
+
+def test_n_samples_per_prompt_in_prompt_order(model):
+    calls = []
+    out = generate_samples(
+        model,
+        PROMPTS,
+        n_samples=3,
+        batch_size=4,
+        max_new_tokens=4,
+        temperature=0.8,
+        seed=3,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert [len(s) for s in out] == [3, 3, 3, 3]
+    assert all(g.n_tokens == 4 for s in out for g in s)
+    assert calls[-1] == (12, 12) and len(calls) == 3
+    # Greedy rows of one prompt are identical whatever batch they landed in.
+    greedy = generate_samples(model, PROMPTS, n_samples=2, batch_size=3, max_new_tokens=6)
+    for per_prompt, prompt in zip(greedy, PROMPTS, strict=True):
+        ref = greedy_by_recompute(model, prompt, 6)
+        assert all(g.token_ids == ref for g in per_prompt)
+
+
+def test_long_prompts_are_clipped_to_fit_the_model(model):
+    long_prompt = list(range(1, 120))  # longer than max_seq_len=96
+    [[gen]] = generate_samples(model, [long_prompt], max_new_tokens=8)
+    assert gen.token_ids == greedy_by_recompute(model, long_prompt[-88:], 8)

@@ -1,0 +1,236 @@
+"""The evaluation pipeline end to end on a tiny real model directory and hand-written problems."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from kedro_datasets.json import JSONDataset
+from kedro_datasets.matplotlib import MatplotlibDataset
+from kedro_datasets.pandas import CSVDataset
+from kedro_datasets.text import TextDataset
+
+from weighted_mtp.data.tokenizer_training import train_tokenizer
+from weighted_mtp.datasets import JsonlDataset, ModelDirectoryDataset
+from weighted_mtp.evaluation.prompts import SamplingSettings, complete_problems
+from weighted_mtp.models import MTPTransformer, debug_args
+from weighted_mtp.models.checkpoint import save_model_dir
+from weighted_mtp.pipelines.evaluation.nodes import EvaluationParams
+from weighted_mtp.pipelines.evaluation.pipeline import configured_models, create_pipeline
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+HUMANEVAL_PROMPT = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+HUMANEVAL = [
+    {
+        "task_id": f"HumanEval/{i}",
+        "dataset": "humaneval",
+        "prompt": HUMANEVAL_PROMPT,
+        "entry_point": "add",
+        "kind": "function",
+        "tests": f"def check(candidate):\n    assert candidate(2, {i}) == {2 + i}\n\ncheck(add)\n",
+        "execution_prefix": HUMANEVAL_PROMPT,
+        "canonical_solution": "    return a + b\n",
+        "difficulty": None,
+        "split": "test",
+        "time_limit": None,
+    }
+    for i in range(3)
+]
+MBPP = [
+    {
+        "task_id": f"mbpp/{i}",
+        "dataset": "mbpp",
+        "prompt": f"Write a function to multiply two numbers.\nYour code should pass these tests:\nassert mul(3, {i}) == {3 * i}",
+        "entry_point": "mul",
+        "kind": "function",
+        "tests": f"assert mul(3, {i}) == {3 * i}\n",
+        "execution_prefix": "",
+        "canonical_solution": "def mul(a, b):\n    return a * b\n",
+        "difficulty": None,
+        "split": "test",
+        "time_limit": None,
+    }
+    for i in range(3)
+]
+CODECONTESTS = [
+    {
+        "task_id": f"cc/{i}",
+        "dataset": "codecontests",
+        "prompt": "Read two integers and print their sum.",
+        "entry_point": None,
+        "kind": "stdio",
+        "tests": [
+            {"input": f"1 {i}\n", "output": f"{1 + i}\n"},
+            {"input": "5 5\n", "output": "10\n"},
+        ],
+        "execution_prefix": "",
+        "canonical_solution": "a, b = map(int, input().split())\nprint(a + b)\n",
+        "difficulty": 1 + i % 2,
+        "split": "test",
+        "time_limit": 2.0,
+    }
+    for i in range(3)
+]
+
+RAW_PARAMS = {
+    "models": ["model_a", "model_b"],
+    "datasets": {
+        "humaneval": {"max_problems": 2},  # default prompt format for humaneval
+        "mbpp": {
+            "max_problems": 2,
+            "prompt": {"style": "instruction_with_tests", "stop": ["\nassert "]},
+        },
+        "codecontests": {"max_problems": 2, "prompt": {"style": "instruction", "stop": ["\n### "]}},
+    },
+    "generation": {
+        "n_samples": 2,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "max_new_tokens": 16,
+        "batch_size": 3,
+        "seed": 7,
+    },
+    "ks": [1, 2, 5],
+    "execution": {"workers": 2, "limits": {"cpu_seconds": 2.0, "wall_seconds": 5.0}},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [p["prompt"] + (p["canonical_solution"] or "") for p in HUMANEVAL + MBPP + CODECONTESTS]
+    return train_tokenizer(texts * 20, vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tokenizer) -> dict[str, str]:
+    dirs = {}
+    for seed, name in enumerate(["model_a", "model_b"]):
+        torch.manual_seed(seed)
+        args = debug_args(vocab_size=tokenizer.vocab_size, max_seq_len=256)
+        out = tmp_path_factory.mktemp("models") / name
+        dirs[name] = save_model_dir(MTPTransformer(args), args, tokenizer, out, origin="test")
+    return dirs
+
+
+def test_pipeline_runs_and_writes_every_output(tmp_path, tokenizer, model_dirs, caplog):
+    params = EvaluationParams(**RAW_PARAMS)  # what Kedro builds from the typed node signature
+    out = tmp_path / "out"
+    datasets = {
+        "eval_problems_humaneval": MemoryDataset(HUMANEVAL),
+        "eval_problems_mbpp": MemoryDataset(MBPP),
+        "eval_problems_codecontests": MemoryDataset(CODECONTESTS),
+        "tokenizer": MemoryDataset(tokenizer, copy_mode="assign"),
+        "params:evaluation": MemoryDataset(params, copy_mode="assign"),
+        "params:runtime.device": MemoryDataset("cpu"),
+        "params:runtime.dtype": MemoryDataset("float32"),
+        "evaluation_results": JSONDataset(filepath=str(out / "results.json")),
+        "evaluation_table": CSVDataset(
+            filepath=str(out / "pass_at_k.csv"), save_args={"index": False}
+        ),
+        "evaluation_metrics": MemoryDataset(),
+        "evaluation_report_png": MatplotlibDataset(filepath=str(out / "pass_at_k.png")),
+        "evaluation_report_html": TextDataset(filepath=str(out / "report.html")),
+    }
+    for name, path in model_dirs.items():
+        datasets[name] = ModelDirectoryDataset(path=path)
+        datasets[f"{name}.evaluation_samples"] = JsonlDataset(
+            filepath=str(out / name / "samples.jsonl")
+        )
+    catalog = DataCatalog(datasets=datasets)
+    with caplog.at_level(logging.INFO):
+        SequentialRunner().run(create_pipeline(models=["model_a", "model_b"]), catalog)
+
+    for name in model_dirs:
+        samples = JsonlDataset(filepath=str(out / name / "samples.jsonl")).load()
+        assert len(samples) == 6 * 2  # 2 problems x 3 datasets x n_samples
+        assert {s["status"] for s in samples} <= {"passed", "failed", "timeout", "error"}
+        assert all(
+            isinstance(s["completion"], str) and s["n_generated_tokens"] <= 16 for s in samples
+        )
+        assert {s["dataset"] for s in samples} == {"humaneval", "mbpp", "codecontests"}
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"model_a", "model_b", "canonical"}
+    canonical = results["models"]["canonical"]["summary"]["per_dataset"]
+    assert all(group["pass@1"] == 1.0 for group in canonical.values()), "harness check failed"
+    model_a = results["models"]["model_a"]
+    assert set(model_a["summary"]["per_dataset"]["mbpp"]) >= {"pass@1", "pass@2"}
+    assert "pass@5" not in model_a["summary"]["per_dataset"]["mbpp"]  # n = 2 < 5
+    assert model_a["generation"]["per_dataset"]["humaneval"]["n_samples"] == 4
+
+    table = pd.read_csv(out / "pass_at_k.csv")
+    assert {"model", "dataset", "difficulty", "k", "pass_at_k", "n_problems"} <= set(table.columns)
+    assert set(table["model"]) == {"model_a", "model_b", "canonical"}
+
+    metrics = catalog.load("evaluation_metrics")
+    assert metrics["canonical.codecontests.pass_at_1"] == {"value": 1.0, "step": 0}
+    assert 0.0 <= metrics["model_b.humaneval.pass_at_2"]["value"] <= 1.0
+    assert metrics["model_a.mbpp.mean_generated_tokens"]["value"] > 0
+
+    png = (out / "pass_at_k.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    page = (out / "report.html").read_text()
+    assert "model_b" in page and "canonical" in page and "<td>1.000</td>" in page
+    assert "harness check: all 6 canonical solutions pass" in caplog.text
+
+
+def test_speculative_completions_equal_batched_greedy(tokenizer, model_dirs):
+    model = ModelDirectoryDataset(path=model_dirs["model_a"]).load().load()
+    params = EvaluationParams(**RAW_PARAMS)
+    problems = HUMANEVAL + CODECONTESTS
+    greedy = SamplingSettings(max_new_tokens=20, batch_size=4)
+    spec = SamplingSettings(max_new_tokens=20, speculative=True)
+    plain, _ = complete_problems(model, tokenizer, problems, params.formats, greedy)
+    fast, stats = complete_problems(model, tokenizer, problems, params.formats, spec)
+    assert [s["completion"] for s in fast] == [s["completion"] for s in plain]
+    assert [s["n_generated_tokens"] for s in fast] == [s["n_generated_tokens"] for s in plain]
+    for dataset in ("humaneval", "codecontests"):
+        assert 0.0 <= stats[dataset]["acceptance_rate"] <= 1.0
+        assert 1.0 <= stats[dataset]["tokens_per_forward"] <= 4.0
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="temperature"):
+        EvaluationParams(**{**RAW_PARAMS, "generation": {"speculative": True, "temperature": 0.5}})
+    with pytest.raises(ValueError, match="style"):
+        EvaluationParams(**{**RAW_PARAMS, "datasets": {"mbpp": {"prompt": {"style": "chat"}}}})
+    greedy = EvaluationParams(**{**RAW_PARAMS, "generation": {"n_samples": 5, "temperature": 0}})
+    assert greedy.generation.samples_per_problem == 1
+
+
+def test_project_configuration_shapes_the_pipeline():
+    assert configured_models(PROJECT) == ["base_model"]
+    loader = OmegaConfigLoader(
+        conf_source=str(PROJECT / "conf"), base_env="base", default_run_env="local"
+    )
+    params = EvaluationParams(**loader["parameters"]["evaluation"])
+    assert set(params.datasets) == {"humaneval", "mbpp", "codecontests"}
+    names = {n.name for n in create_pipeline(models=params.models).nodes}
+    assert {
+        "base_model.generate_completions",
+        "compare_models",
+        "render_evaluation_report",
+    } <= names
+    # Every output of the pipeline that is persisted resolves in the project catalog.
+    catalog = DataCatalog.from_config(loader["catalog"])
+    samples = catalog.get("base_model.evaluation_samples")
+    assert isinstance(samples, JsonlDataset)
+    assert "base_model" in samples._describe()["filepath"]
+    result = catalog.get("base_model_evaluation_result")
+    assert "base_model/result.json" in str(result._describe()["filepath"])
+    for name in (
+        "evaluation_results",
+        "evaluation_table",
+        "evaluation_metrics",
+        "evaluation_report_png",
+        "evaluation_report_html",
+    ):
+        assert name in catalog
