@@ -2,6 +2,11 @@
 
 from omegaconf.resolvers import oc
 
+from weighted_mtp.hooks import TypedParamsMlflowHook
+
+# kedro-mlflow registers its own hooks through its entry point; this one complements it.
+HOOKS = (TypedParamsMlflowHook(),)
+
 # Kedro allows ${oc.env:...} only in credentials by default. mlflow.yml needs it too, so that
 # MLFLOW_TRACKING_URI can point a run at a remote tracking server without editing conf/.
 CONFIG_LOADER_ARGS = {
