@@ -123,3 +123,21 @@ def test_run_logs_to_a_remote_tracking_server(project: Path, mlflow_server: str)
     client = mlflow.MlflowClient(mlflow_server)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.data.params.get("micro_models.mtp.dim") for r in runs] == ["64"]
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_shows_every_pipeline(project: Path):
+    proc = subprocess.run(
+        [KEDRO, "viz", "build"],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    graph = json.loads((project / "build" / "api" / "main").read_text())
+    pipelines = {p["id"] for p in graph["pipelines"]}
+    assert {"__default__", "data_engineering", "micro_models", "evaluation"} <= pipelines
+    node_names = {n["name"] for n in graph["nodes"]}
+    assert any("tokenizer" in name for name in node_names)
