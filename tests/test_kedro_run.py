@@ -141,3 +141,22 @@ def test_kedro_viz_build_shows_every_pipeline(project: Path):
     assert {"__default__", "data_engineering", "micro_models", "evaluation"} <= pipelines
     node_names = {n["name"] for n in graph["nodes"]}
     assert any("tokenizer" in name for name in node_names)
+
+
+@pytest.mark.slow
+def test_analysis_notebook_runs_against_the_catalog(project: Path):
+    """The cells of notebooks/compare_methods.ipynb run as `kedro jupyter` would run them."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    notebook = json.loads((PROJECT / "notebooks" / "compare_methods.ipynb").read_text())
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project) as session:
+        context = session.load_context()
+        namespace = {"catalog": context.catalog, "context": context, "session": session}
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                exec("".join(cell["source"]), namespace)  # noqa: S102 - our own notebook
+    assert set(namespace["pivot"].columns) >= {"base_model", "canonical"}
+    assert sum(namespace["status_counts"]["base_model"].values()) > 0
+    assert namespace["meta"]["is_correct"].any()
