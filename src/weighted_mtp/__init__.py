@@ -1,4 +1,3 @@
-"""weighted-mtp
-"""
+"""Weighted Multi-Token Prediction research on code LLMs."""
 
-__version__ = "0.1"
+__version__ = "0.1.0"
