@@ -13,4 +13,7 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "custom_resolvers": {"oc.env": oc.env},
+    # An environment overrides single knobs (conf/a100: runtime.device) and keeps the rest
+    # of base's groups; the default would replace a whole top-level group.
+    "merge_strategy": {"parameters": "soft"},
 }
