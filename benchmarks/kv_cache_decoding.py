@@ -9,11 +9,15 @@ one prefills the prompt once and then feeds one token per step.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from weighted_mtp.models import ModelArgs, MTPTransformer
+from weighted_mtp.models import MTPTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, from any cwd
+from bench_common import add_model_options, build_model, init_torch, timed  # noqa: E402
 
 
 @torch.no_grad()
@@ -40,28 +44,16 @@ def decode_recompute(model: MTPTransformer, prompt: torch.Tensor, n_new: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=4000)
+    add_model_options(parser, vocab=4000)
     parser.add_argument("--future", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     opts = parser.parse_args()
-    torch.set_num_threads(opts.threads)
-    torch.manual_seed(0)
-    model = MTPTransformer(
-        ModelArgs(
-            dim=opts.dim,
-            n_layers=opts.layers,
-            n_heads=opts.heads,
-            vocab_size=opts.vocab,
-            multiple_of=32,
-            n_future_tokens=opts.future,
-            max_seq_len=opts.prompt + opts.new,
-        )
+    init_torch(opts.threads)
+    model = build_model(
+        opts, n_future_tokens=opts.future, max_seq_len=opts.prompt + opts.new
     ).eval()
     prompt = torch.randint(0, opts.vocab, (opts.batch, opts.prompt))
     decode_cached(model, prompt, 4, all_heads=False)  # warm-up
@@ -74,9 +66,7 @@ def main() -> None:
         "recompute full prefix, head 0": lambda: decode_recompute(model, prompt, opts.new),
     }
     for name, run in runs.items():
-        start = time.perf_counter()
-        results[name] = run()
-        timings[name] = time.perf_counter() - start
+        results[name], timings[name] = timed(run)
     first = next(iter(results.values()))
     assert all(torch.equal(first, r) for r in results.values()), "decoders disagree"
 

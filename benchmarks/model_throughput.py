@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from weighted_mtp.models import ModelArgs, MTPTransformer
+from weighted_mtp.models import MTPTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, from any cwd
+from bench_common import (  # noqa: E402
+    add_model_options,
+    hf_llama,
+    init_torch,
+    model_args,
+    time_alternating,
+    training_step,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--kv-heads", type=int, default=None)
-    parser.add_argument("--vocab", type=int, default=4000)
+    add_model_options(parser, vocab=4000, kv_heads=True)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6)
@@ -34,36 +40,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     opts = parser.parse_args()
-    torch.set_num_threads(opts.threads)
+    init_torch(opts.threads)
     dtype = getattr(torch, opts.dtype)
-    torch.manual_seed(0)
 
-    args = ModelArgs(
-        dim=opts.dim,
-        n_layers=opts.layers,
-        n_heads=opts.heads,
-        n_kv_heads=opts.kv_heads,
-        vocab_size=opts.vocab,
-        multiple_of=32,
-        n_future_tokens=1,
-        max_seq_len=opts.seq,
-    )
+    args = model_args(opts, n_future_tokens=1, max_seq_len=opts.seq, n_kv_heads=opts.kv_heads)
     ours = MTPTransformer(args).to(dtype)
-    hf = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=args.dim,
-            intermediate_size=args.ffn_hidden_dim,
-            num_hidden_layers=args.n_layers,
-            num_attention_heads=args.n_heads,
-            num_key_value_heads=args.kv_heads,
-            rms_norm_eps=args.norm_eps,
-            rope_theta=args.rope_theta,
-            vocab_size=args.vocab_size,
-            max_position_embeddings=args.max_seq_len,
-            tie_word_embeddings=False,
-            attn_implementation="sdpa",
-        )
-    ).to(dtype)
+    hf = hf_llama(args).to(dtype)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_hf = sum(p.numel() for p in hf.parameters())
     assert n_ours == n_hf, (n_ours, n_hf)
@@ -71,29 +53,19 @@ def main() -> None:
     tokens = torch.randint(0, args.vocab_size, (opts.batch, opts.seq))
     targets = tokens[:, 1:].reshape(-1)
 
-    def step_ours(opt: torch.optim.Optimizer) -> None:
+    def loss_ours() -> None:
         logits = ours(tokens, return_all_heads=False)[:, :-1, 0]
         F.cross_entropy(logits.reshape(-1, args.vocab_size).float(), targets).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
-    def step_hf(opt: torch.optim.Optimizer) -> None:
+    def loss_hf() -> None:
         logits = hf(input_ids=tokens).logits[:, :-1]
         F.cross_entropy(logits.reshape(-1, args.vocab_size).float(), targets).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
     runs = {
-        "ours (MTPTransformer, 1 head)": (step_ours, torch.optim.AdamW(ours.parameters())),
-        "transformers LlamaForCausalLM": (step_hf, torch.optim.AdamW(hf.parameters())),
+        "ours (MTPTransformer, 1 head)": training_step(ours, loss_ours),
+        "transformers LlamaForCausalLM": training_step(hf, loss_hf),
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(opts.warmup + opts.steps):
-        for name, (step, opt) in runs.items():
-            start = time.perf_counter()
-            step(opt)
-            if i >= opts.warmup:
-                times[name].append(time.perf_counter() - start)
+    times = time_alternating(runs, warmup=opts.warmup, steps=opts.steps)
 
     n_tokens = opts.batch * opts.seq
     print(

@@ -15,26 +15,26 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
 
-from weighted_mtp.models import (
-    ModelArgs,
-    MTPTransformer,
-    mtp_loss_head_by_head,
-    mtp_loss_naive,
-    shift_labels,
+from weighted_mtp.models import mtp_loss_head_by_head, mtp_loss_naive, shift_labels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, from any cwd
+from bench_common import (  # noqa: E402
+    add_model_options,
+    build_model,
+    init_torch,
+    time_alternating,
+    training_step,
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=4000)
+    add_model_options(parser, vocab=4000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--future", type=int, default=4)
@@ -44,57 +44,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive 4-head loss")
     opts = parser.parse_args()
-    torch.set_num_threads(opts.threads)
-    torch.manual_seed(0)
-
-    def build(n_future: int) -> MTPTransformer:
-        return MTPTransformer(
-            ModelArgs(
-                dim=opts.dim,
-                n_layers=opts.layers,
-                n_heads=opts.heads,
-                vocab_size=opts.vocab,
-                multiple_of=32,
-                n_future_tokens=n_future,
-                max_seq_len=opts.seq,
-            )
-        )
-
-    one, many = build(1), build(opts.future)
+    init_torch(opts.threads)
+    one = build_model(opts, n_future_tokens=1, max_seq_len=opts.seq)
+    many = build_model(opts, n_future_tokens=opts.future, max_seq_len=opts.seq)
     assert sum(p.numel() for p in one.parameters()) == sum(p.numel() for p in many.parameters())
     tokens = torch.randint(0, opts.vocab, (opts.batch, opts.seq))
     targets = shift_labels(tokens)
-
-    def make_step(model: MTPTransformer, loss: Callable[[], None]) -> Callable[[], None]:
-        opt = torch.optim.AdamW(model.parameters())
-
-        def step() -> None:
-            loss()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        return step
 
     def naive() -> None:
         mtp_loss_naive(many, tokens, targets).loss.backward()
 
     runs = {
-        "1 head, head-by-head loss": make_step(
+        "1 head, head-by-head loss": training_step(
             one, lambda: mtp_loss_head_by_head(one, tokens, targets, chunk_size=opts.chunk)
         ),
-        f"{opts.future} heads, head-by-head loss": make_step(
+        f"{opts.future} heads, head-by-head loss": training_step(
             many, lambda: mtp_loss_head_by_head(many, tokens, targets, chunk_size=opts.chunk)
         ),
     }
     if not opts.no_naive:
-        runs[f"{opts.future} heads, naive all-heads loss"] = make_step(many, naive)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(opts.warmup + opts.steps):
-        for name, step in runs.items():
-            start = time.perf_counter()
-            step()
-            if i >= opts.warmup:
-                times[name].append(time.perf_counter() - start)
+        runs[f"{opts.future} heads, naive all-heads loss"] = training_step(many, naive)
+    times = time_alternating(runs, warmup=opts.warmup, steps=opts.steps)
 
     n_tokens = opts.batch * opts.seq
     print(

@@ -14,9 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, from any cwd
+from bench_common import (  # noqa: E402
+    add_model_options,
+    build_model,
+    init_torch,
+    peak_rss_mib,
+    rss_mib,
+    run_child,
+)
 
 VARIANTS = {
     "1 head, plain CE on [B,T,V] logits": (1, "plain"),
@@ -27,43 +36,20 @@ VARIANTS = {
 }
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
 def child(opts: argparse.Namespace) -> None:
     import torch
     import torch.nn.functional as F
 
-    from weighted_mtp.models import (
-        ModelArgs,
-        MTPTransformer,
-        mtp_loss_head_by_head,
-        mtp_loss_naive,
-        shift_labels,
-    )
+    from weighted_mtp.models import mtp_loss_head_by_head, mtp_loss_naive, shift_labels
 
-    torch.set_num_threads(opts.threads)
-    torch.manual_seed(0)
-    model = MTPTransformer(
-        ModelArgs(
-            dim=opts.dim,
-            n_layers=opts.layers,
-            n_heads=opts.heads,
-            vocab_size=opts.vocab,
-            multiple_of=32,
-            n_future_tokens=opts.future,
-            max_seq_len=opts.seq,
-        )
-    )
+    init_torch(opts.threads)
+    model = build_model(opts, n_future_tokens=opts.future, max_seq_len=opts.seq)
     tokens = torch.randint(0, opts.vocab, (opts.batch, opts.seq))
     targets = shift_labels(tokens)
     # Parameter gradients exist in a training step anyway: allocate them before measuring.
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
-    before = _rss_mib()
+    before = rss_mib()
     if opts.mode == "plain":
         logits = model(tokens, return_all_heads=False)[:, :-1, 0]
         F.cross_entropy(logits.reshape(-1, opts.vocab), tokens[:, 1:].reshape(-1)).backward()
@@ -72,16 +58,12 @@ def child(opts: argparse.Namespace) -> None:
     else:
         chunk = None if opts.mode == "head_by_head_nochunk" else opts.chunk
         mtp_loss_head_by_head(model, tokens, targets, chunk_size=chunk)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"before_mib": before, "peak_mib": peak}))
+    print(json.dumps({"before_mib": before, "peak_mib": peak_rss_mib()}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=32000)
+    add_model_options(parser, vocab=32000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=1024)
@@ -104,13 +86,7 @@ def main() -> None:
     )
     results = {}
     for name, (future, mode) in VARIANTS.items():
-        out = subprocess.run(
-            [sys.executable, __file__, *shared, f"--mode={mode}", f"--future={future}"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+        res = run_child(__file__, [*shared, f"--mode={mode}", f"--future={future}"])
         results[name] = res["peak_mib"] - res["before_mib"]
         print(
             f"{name:38s} step peak {results[name]:8.0f} MiB  "

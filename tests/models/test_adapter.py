@@ -14,6 +14,7 @@ import torch
 from kedro.io.core import DatasetError
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.model_fixtures import tiny_args, tiny_model
 from weighted_mtp.datasets import ModelDirectoryDataset
 from weighted_mtp.models import load_model
 from weighted_mtp.models.adapter import ModelDirectory, args_from_hf_config, read_model_args
@@ -32,26 +33,12 @@ from weighted_mtp.models.value_head import ValueHead
 TOKENIZER = b"sentencepiece bytes"
 
 
-def tiny_args(**overrides) -> ModelArgs:
-    base = dict(
-        dim=32,
-        n_layers=3,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=64,
-        multiple_of=16,
-        n_future_tokens=2,
-        max_seq_len=32,
-        rope_theta=500.0,
-    )
-    base.update(overrides)
-    return ModelArgs(**base)
+ROPE_THETA = 500.0  # not the default (10000.0): a rope_theta lost on the way changes logits
 
 
 @pytest.fixture
 def model() -> MTPTransformer:
-    torch.manual_seed(0)
-    return MTPTransformer(tiny_args()).eval()
+    return tiny_model(rope_theta=ROPE_THETA)
 
 
 def same_architecture(a: ModelArgs, b: ModelArgs) -> bool:
@@ -145,7 +132,7 @@ def _hf_model(args: ModelArgs, tie: bool = False) -> LlamaForCausalLM:
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_hf_llama_directory_matches_transformers(tmp_path: Path, tie: bool) -> None:
-    args = tiny_args(n_future_tokens=1, n_layers=2)
+    args = tiny_args(n_future_tokens=1, n_layers=2, rope_theta=ROPE_THETA)
     hf = _hf_model(args, tie=tie)
     hf.save_pretrained(tmp_path / "hf")
     loaded = load_model(tmp_path / "hf")

@@ -9,6 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from tests.model_fixtures import tiny_args, tiny_model
 from weighted_mtp.models.adapter import load_model
 from weighted_mtp.models.args import ModelArgs
 from weighted_mtp.models.checkpoint import (
@@ -33,25 +34,9 @@ from weighted_mtp.models.value_head import ValueHead
 TOKENIZER = b"not parsed by the checkpoint code, only copied and hashed"
 
 
-def tiny_args(**overrides) -> ModelArgs:
-    base = dict(
-        dim=32,
-        n_layers=3,
-        n_heads=4,
-        n_kv_heads=2,
-        vocab_size=64,
-        multiple_of=16,
-        n_future_tokens=2,
-        max_seq_len=32,
-    )
-    base.update(overrides)
-    return ModelArgs(**base)
-
-
 @pytest.fixture
 def model() -> MTPTransformer:
-    torch.manual_seed(0)
-    return MTPTransformer(tiny_args()).eval()
+    return tiny_model()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -3,7 +3,6 @@ that loads to the same logits."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from tests.model_fixtures import train_sentencepiece
 from weighted_mtp.models import load_model
 from weighted_mtp.models.args import ModelArgs
 from weighted_mtp.models.checkpoint import INDEX_FILE, read_metadata
@@ -47,17 +47,7 @@ META_PARAMS = {
 @pytest.fixture(scope="module")
 def tokenizer_model() -> bytes:
     text = ["def add(a, b):\n    return a + b\n", "print(sum(map(int, input().split())))\n"] * 20
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text),
-        model_writer=out,
-        vocab_size=48,
-        model_type="bpe",
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return out.getvalue()
+    return train_sentencepiece(text, vocab_size=48)
 
 
 @pytest.fixture

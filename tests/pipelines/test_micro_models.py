@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 import torch
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from tests.model_fixtures import train_sentencepiece
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.datasets import HFModelDirectoryDataset, ModelDirectoryDataset
 from weighted_mtp.models import MTPTransformer
@@ -33,17 +32,7 @@ REF = MicroReferenceParams(dim=32, n_layers=1, n_heads=4, max_seq_len=64, seed=4
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     text = ["for i in range(n):\n    print(i)\n", "x = int(input())\nprint(x * 2)\n"] * 20
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text),
-        model_writer=out,
-        vocab_size=60,
-        model_type="bpe",
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return Tokenizer(out.getvalue())
+    return Tokenizer(train_sentencepiece(text, vocab_size=60))
 
 
 def test_micro_mtp_node(tokenizer: Tokenizer) -> None:

@@ -8,7 +8,7 @@ building a catalog touches no file, network or credentials.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from copy import deepcopy
 from pathlib import PurePosixPath
 from typing import Any
@@ -82,6 +82,20 @@ class FileDataset(AbstractDataset):
             self._fs.makedirs(str(self._filepath.parent), exist_ok=True)
 
 
+def check_choice(
+    name: str, value: str | None, choices: Collection[str], listed: str | None = None
+) -> None:
+    """Constructor option check: ``value`` must be None or one of ``choices``.
+
+    Raises:
+        ValueError: ``"<name> must be one of <listed>, got <value>"``; ``listed`` defaults to
+            ``choices`` as given.
+    """
+    if value is not None and value not in choices:
+        shown = choices if listed is None else listed
+        raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+
+
 def parse_jsonl_lines(lines: Iterable[bytes], url: str) -> tuple[list[dict[str, Any]], list[int]]:
     """Parse JSONL bytes lines; returns the objects and their 1-based line numbers.
 
@@ -146,8 +160,7 @@ class JsonlDataset(FileDataset):
         super().__init__(
             filepath=filepath, credentials=credentials, fs_args=fs_args, metadata=metadata
         )
-        if schema is not None and schema not in SCHEMAS:
-            raise ValueError(f"schema must be one of {sorted(SCHEMAS)} or None, got {schema!r}")
+        check_choice("schema", schema, SCHEMAS, listed=f"{sorted(SCHEMAS)} or None")
         self._schema = schema
 
     def _describe(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from weighted_mtp.data.records import SourcedRows, dumps_line
-from weighted_mtp.datasets.jsonl import FileDataset, parse_jsonl_lines
+from weighted_mtp.datasets.jsonl import FileDataset, check_choice, parse_jsonl_lines
 
 FORMATS = ("parquet", "jsonl")
 
@@ -62,8 +62,7 @@ class RawRowsDataset(FileDataset):
         super().__init__(
             filepath=filepath, credentials=credentials, fs_args=fs_args, metadata=metadata
         )
-        if format is not None and format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+        check_choice("format", format, FORMATS)
         self._format = format or _infer_format(str(filepath))
 
     def _describe(self) -> dict[str, Any]:

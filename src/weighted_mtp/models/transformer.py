@@ -339,6 +339,27 @@ class MTPTransformer(nn.Module):
             mask = (mask & key_padding_mask[:, None, None, :].to(device)) | (key_slot == query_slot)
         return AttentionContext(cos, sin, rotation, mask, False, start_pos, cache)
 
+    def _context_for(
+        self,
+        x: torch.Tensor,
+        ctx: AttentionContext | None,
+        start_pos: int,
+        cache: KVCache | None,
+        positions: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+    ) -> AttentionContext:
+        """``ctx`` when given, else :meth:`attention_context` for ``x``'s leading ``[B, T]``."""
+        if ctx is not None:
+            return ctx
+        return self.attention_context(
+            x.shape[0],
+            x.shape[1],
+            start_pos=start_pos,
+            cache=cache,
+            positions=positions,
+            key_padding_mask=key_padding_mask,
+        )
+
     # ----------------------------------------------------------------- forward passes
     def trunk_forward(
         self,
@@ -352,15 +373,7 @@ class MTPTransformer(nn.Module):
     ) -> torch.Tensor:
         """Embeddings and trunk blocks: ``tokens [B, T]`` -> trunk output ``[B, T, dim]``
         (not normed). ``ctx`` (from :meth:`attention_context`) skips rebuilding the mask."""
-        if ctx is None:
-            ctx = self.attention_context(
-                tokens.shape[0],
-                tokens.shape[1],
-                start_pos=start_pos,
-                cache=cache,
-                positions=positions,
-                key_padding_mask=key_padding_mask,
-            )
+        ctx = self._context_for(tokens, ctx, start_pos, cache, positions, key_padding_mask)
         h = self.tok_embeddings(tokens)
         for i in range(self.n_trunk_blocks):
             h = self.layers[i](h, ctx, i)
@@ -379,15 +392,7 @@ class MTPTransformer(nn.Module):
     ) -> torch.Tensor:
         """Head ``k``'s block and the shared final norm: ``trunk_out [B, T, dim]`` -> normed
         hidden ``[B, T, dim]``; ``self.output`` of it gives head ``k``'s logits."""
-        if ctx is None:
-            ctx = self.attention_context(
-                trunk_out.shape[0],
-                trunk_out.shape[1],
-                start_pos=start_pos,
-                cache=cache,
-                positions=positions,
-                key_padding_mask=key_padding_mask,
-            )
+        ctx = self._context_for(trunk_out, ctx, start_pos, cache, positions, key_padding_mask)
         return self.norm(self.head_block(k)(trunk_out, ctx, self.n_trunk_blocks + k))
 
     def forward(
@@ -422,14 +427,7 @@ class MTPTransformer(nn.Module):
             ``return_all_heads=False``), or ``(logits, hidden [B, T, dim])`` with
             ``return_hidden=True``.
         """
-        ctx = self.attention_context(
-            tokens.shape[0],
-            tokens.shape[1],
-            start_pos=start_pos,
-            cache=cache,
-            positions=positions,
-            key_padding_mask=key_padding_mask,
-        )
+        ctx = self._context_for(tokens, None, start_pos, cache, positions, key_padding_mask)
         trunk_out = self.trunk_forward(tokens, ctx=ctx)
         n_heads = self.n_future_tokens if return_all_heads else 1
         hidden = [self.head_forward(k, trunk_out, ctx=ctx) for k in range(n_heads)]
