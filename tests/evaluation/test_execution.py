@@ -185,3 +185,21 @@ def test_root_gets_full_isolation() -> None:
     uid, pid, ppid = map(int, result.stdout.split())
     assert uid >= execution.SANDBOX_UID_BASE
     assert (pid, ppid) == (1, 0)  # pid 1 of its own pid namespace
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal concerns root")
+def test_root_without_isolation_refuses_to_run_programs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Namespaces fail and the interpreter sits behind a 0700 directory: the only way left
+    # would be running model-written code as root, which the evaluator refuses by default.
+    monkeypatch.setattr(sandbox, "_interpreter_masks", lambda: (("/root", ("/root/py",)),))
+
+    def broken_probe(*args, **kwargs):
+        raise OSError("unshare: Operation not permitted")
+
+    monkeypatch.setattr(sandbox, "_run", broken_probe)
+    monkeypatch.delenv(sandbox.ALLOW_ROOT_ENV, raising=False)
+    probe = sandbox.isolation.__wrapped__
+    with pytest.raises(sandbox.SandboxUnavailableError, match="Operation not permitted"):
+        probe()
+    monkeypatch.setenv(sandbox.ALLOW_ROOT_ENV, "1")
+    assert probe() == sandbox.Isolation(namespaces=False, drop_uid=False, masks=())

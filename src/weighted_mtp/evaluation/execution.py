@@ -32,6 +32,7 @@ from weighted_mtp.evaluation.sandbox import (
     ExecutionResult,
     Isolation,
     SandboxLimits,
+    SandboxUnavailableError,
     isolation,
     run_program,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidSampleError",
     "Isolation",
     "SandboxLimits",
+    "SandboxUnavailableError",
     "UnknownTaskError",
     "check_completions",
     "check_program",

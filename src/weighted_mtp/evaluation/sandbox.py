@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from weighted_mtp.evaluation.sandbox_child import SANDBOX_WORKDIR, ChildPlan
+from weighted_mtp.evaluation.sandbox_child import SANDBOX_WORKDIR, SHARED_WRITABLE_DIRS, ChildPlan
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,12 @@ def _interpreter_masks() -> tuple[tuple[str, tuple[str, ...]], ...]:
     needed.add(os.path.dirname(os.path.realpath(sys.executable)))
     masks: dict[str, set[str]] = {}
     for path in sorted(needed):
+        # Fresh tmpfs hide the shared writable dirs; an interpreter inside one (a venv in a
+        # checkout under /tmp) is mounted back.
+        shared = [d for d in SHARED_WRITABLE_DIRS if path.startswith(d + "/")]
+        if shared:
+            masks.setdefault(shared[0], set()).add(path)
+            continue
         ancestor = "/"
         for part in path.strip("/").split("/"):
             ancestor = os.path.join(ancestor, part)
@@ -151,6 +157,13 @@ def _uid_is_unused(uid: int) -> bool:
     except KeyError:
         return True
     return False
+
+
+ALLOW_ROOT_ENV = "WMTP_SANDBOX_ALLOW_ROOT"
+
+
+class SandboxUnavailableError(RuntimeError):
+    """This machine can neither isolate programs nor run them without root."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -176,6 +189,14 @@ def isolation() -> Isolation:
     # Without a mount namespace the interpreter must be reachable by the sandbox uid as is.
     drop_uid = drop_uid and not masks
     if not drop_uid:
+        if os.environ.get(ALLOW_ROOT_ENV) != "1":
+            raise SandboxUnavailableError(
+                f"cannot isolate model-written programs ({reason}), and they cannot drop root "
+                "either (the interpreter is not reachable by another uid): they would run as "
+                "root, where os.kill(-1, 9) ends every process on the machine. Run the "
+                "evaluation where namespaces work (root with CAP_SYS_ADMIN), as a non-root "
+                f"user, or set {ALLOW_ROOT_ENV}=1 to accept the risk."
+            )
         logger.warning("Sandbox cannot drop root: programs run as root with rlimits only.")
     return Isolation(namespaces=False, drop_uid=drop_uid, masks=())
 

@@ -30,7 +30,6 @@ MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
-MNT_DETACH = 0x2
 PR_SET_PDEATHSIG = 1
 
 # Directories any uid may write to on a typical Linux box; in namespace mode each gets a
@@ -105,21 +104,25 @@ class ChildPlan:
 
     def _build_filesystem(self) -> None:
         _mount("none", "/", None, MS_REC | MS_PRIVATE, None)
+        # Open every kept path before anything is hidden: the bind mounts below come from
+        # these descriptors, so a kept path may live inside a directory that gets hidden (a
+        # venv under /tmp, pyenv under a 0700 /root).
+        kept = [
+            (keep, os.open(keep, os.O_PATH | os.O_DIRECTORY))
+            for _, keeps in self.masks
+            for keep in keeps
+        ]
         _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={self.tmpfs_bytes},mode=1777")
-        for index, (masked, keeps) in enumerate(self.masks):
-            staging = [f"/tmp/.keep{index}.{k}" for k in range(len(keeps))]
-            for keep, stage in zip(keeps, staging, strict=True):
-                os.mkdir(stage)
-                _mount(keep, stage, None, MS_BIND | MS_REC, None)
-            _mount("tmpfs", masked, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-            for keep, stage in zip(keeps, staging, strict=True):
-                os.makedirs(keep, mode=0o755, exist_ok=True)
-                _mount(stage, keep, None, MS_BIND | MS_REC, None)
-                _check(_libc.umount2(stage.encode(), MNT_DETACH), f"umount {stage}")
-                os.rmdir(stage)
         for directory in SHARED_WRITABLE_DIRS[1:]:
             if os.path.isdir(directory):
                 _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=1777")
+        for masked, _ in self.masks:
+            if masked not in SHARED_WRITABLE_DIRS:  # those got their fresh tmpfs above
+                _mount("tmpfs", masked, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        for keep, fd in kept:
+            os.makedirs(keep, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", keep, None, MS_BIND | MS_REC, None)
+            os.close(fd)
         os.mkdir(SANDBOX_WORKDIR, 0o700)
         fd = os.open(
             os.path.join(SANDBOX_WORKDIR, self.program_name), os.O_WRONLY | os.O_CREAT, 0o644
