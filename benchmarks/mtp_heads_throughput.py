@@ -1,12 +1,17 @@
-"""Training-step throughput with 4 heads (head-by-head loss) vs 1 head, same number of blocks.
+"""Training-step throughput and step peak memory with 4 heads vs 1 head, same number of blocks.
 
 ``n_layers`` counts every block, so both models have the same parameters (n_layers=6: 1 head =
-5 trunk blocks + 1 head block; 4 heads = 2 trunk blocks + 4 head blocks). Three steps are
-timed, alternating, each forward + backward + AdamW:
+5 trunk blocks + 1 head block; 4 heads = 2 trunk blocks + 4 head blocks). The steps alternate,
+each forward + backward + ``clip_grad_norm_`` + AdamW + ``zero_grad``:
 
-- 1 head, ``mtp_loss_head_by_head`` (degenerates to the usual next-token loss),
-- 4 heads, ``mtp_loss_head_by_head``,
-- 4 heads, ``mtp_loss_naive`` (all heads' logits at once, ``logits[:, :T-k, k]`` slicing).
+- 1 head, the project's step (``MTPTrainingModule`` + ``BaselineMethod``: the fused chunked
+  loss, which for one head is the usual next-token loss),
+- 4 heads, the project's step,
+- 4 heads, plain PyTorch (``model(tokens)`` -> ``[B, T, 4, V]`` logits, cross-entropy through
+  autograd; ``bench_common.plain_mtp_loss``, ``--plain`` variant), unless ``--no-plain``.
+
+Step peak memory is measured in this process as in ``training_step.py`` (``VmHWM`` reset before
+each step, minus the RSS before it); ``--no-memory`` skips it.
 
     .venv/bin/python benchmarks/mtp_heads_throughput.py [--dim 256 --layers 6 --batch 8 --seq 256]
 """
@@ -14,21 +19,25 @@ timed, alternating, each forward + backward + AdamW:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from weighted_mtp.models import mtp_loss_head_by_head, mtp_loss_naive, shift_labels
+from weighted_mtp.alignment import shift_labels
+from weighted_mtp.losses.methods import BaselineMethod
+from weighted_mtp.training.module import MTPTrainingModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, from any cwd
 from bench_common import (  # noqa: E402
+    PLAIN_VARIANTS,
     add_model_options,
     build_model,
     init_torch,
-    time_alternating,
-    training_step,
+    measure_alternating,
+    module_step,
+    plain_step,
+    reset_peak_rss,
 )
 
 
@@ -42,7 +51,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-naive", action="store_true", help="skip the naive 4-head loss")
+    parser.add_argument("--plain", choices=PLAIN_VARIANTS, default="flat")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain 4-head step")
+    parser.add_argument("--no-memory", action="store_true", help="skip the step peak memory")
     opts = parser.parse_args()
     init_torch(opts.threads)
     one = build_model(opts, n_future_tokens=1, max_seq_len=opts.seq)
@@ -51,20 +62,22 @@ def main() -> None:
     tokens = torch.randint(0, opts.vocab, (opts.batch, opts.seq))
     targets = shift_labels(tokens)
 
-    def naive() -> None:
-        mtp_loss_naive(many, tokens, targets).loss.backward()
+    def ours(model: torch.nn.Module):
+        module = MTPTrainingModule(model, None, BaselineMethod())
+        return module_step(module, tokens, targets, chunk_size=opts.chunk)
 
     runs = {
-        "1 head, head-by-head loss": training_step(
-            one, lambda: mtp_loss_head_by_head(one, tokens, targets, chunk_size=opts.chunk)
-        ),
-        f"{opts.future} heads, head-by-head loss": training_step(
-            many, lambda: mtp_loss_head_by_head(many, tokens, targets, chunk_size=opts.chunk)
-        ),
+        "1 head, ours": ours(one),
+        f"{opts.future} heads, ours": ours(many),
     }
-    if not opts.no_naive:
-        runs[f"{opts.future} heads, naive all-heads loss"] = training_step(many, naive)
-    times = time_alternating(runs, warmup=opts.warmup, steps=opts.steps)
+    if not opts.no_plain:
+        torch.manual_seed(1)
+        plain_model = build_model(opts, n_future_tokens=opts.future, max_seq_len=opts.seq)
+        runs[f"{opts.future} heads, plain[{opts.plain}]"] = plain_step(
+            plain_model, tokens, targets, variant=opts.plain
+        )
+    memory = not opts.no_memory and reset_peak_rss()
+    samples = measure_alternating(runs, warmup=opts.warmup, steps=opts.steps, memory=memory)
 
     n_tokens = opts.batch * opts.seq
     print(
@@ -72,13 +85,21 @@ def main() -> None:
         f"batch={opts.batch}x{opts.seq} chunk={opts.chunk} threads={opts.threads} "
         f"steps={opts.steps}"
     )
-    rates = {name: n_tokens / statistics.median(samples) for name, samples in times.items()}
+    rates = {name: n_tokens / s.median_s for name, s in samples.items()}
     for name, rate in rates.items():
-        print(f"{name:36s} {rate:10.0f} tokens/s  (median step {n_tokens / rate:.3f} s)")
+        peak = samples[name].median_peak_mib
+        mem = "" if peak is None else f", step peak {peak:6.0f} MiB"
+        print(f"{name:28s} {rate:10.0f} tokens/s  (median step {n_tokens / rate:.3f} s{mem})")
     names = list(rates)
     print(f"ratio {names[1]} / {names[0]}: {rates[names[1]] / rates[names[0]]:.2f}x (goal >= 0.85)")
+    if memory:
+        peak_ratio = samples[names[1]].median_peak_mib / samples[names[0]].median_peak_mib
+        print(f"step peak {names[1]} / {names[0]}: {peak_ratio:.2f}x (goal <= 1.5x)")
     if len(names) > 2:
         print(f"ratio {names[2]} / {names[0]}: {rates[names[2]] / rates[names[0]]:.2f}x")
+        if memory:
+            peak_ratio = samples[names[1]].median_peak_mib / samples[names[2]].median_peak_mib
+            print(f"step peak {names[1]} / {names[2]}: {peak_ratio:.2f}x")
 
 
 if __name__ == "__main__":

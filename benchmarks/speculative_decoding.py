@@ -8,7 +8,8 @@ Speculation pays off only when the extra heads guess well, i.e. on a trained MTP
 ``--model-dir`` the script uses that model directory (e.g. ``data/06_models/micro-mtp``);
 without it, it trains a small MTP model (dim 128, 10 layers: 6 trunk blocks + 4 head blocks)
 on a highly predictable synthetic corpus of Python programs for ``--train-minutes`` with the
-head-by-head MTP loss.
+project's training step (``MTPTrainingModule`` + ``BaselineMethod``: the MTP loss in one forward,
+one backward).
 
 Each prompt is decoded ``--repeats`` times by each method, interleaved, and the fastest run
 of each is kept: on a shared machine the minimum is the least noisy estimate of the cost.
@@ -25,11 +26,13 @@ import time
 
 import torch
 
+from weighted_mtp.alignment import IGNORE_INDEX, head_valid_counts
 from weighted_mtp.data.tokenizer_training import train_tokenizer
 from weighted_mtp.evaluation.generation import generate
 from weighted_mtp.evaluation.speculative import SpeculativeStats, speculative_generate
-from weighted_mtp.models import ModelArgs, MTPTransformer, load_model, mtp_loss_head_by_head
-from weighted_mtp.models.mtp_loss import IGNORE_INDEX
+from weighted_mtp.losses.methods import BaselineMethod, LossContext
+from weighted_mtp.models import ModelArgs, MTPTransformer, load_model
+from weighted_mtp.training.module import MTPTrainingModule
 
 NAMES = ["total", "count", "value", "answer", "result", "best", "acc", "score"]
 OPS = ["+", "-", "*"]
@@ -82,7 +85,8 @@ def train_model(minutes: float, seed: int, seq_len: int = 160) -> tuple[MTPTrans
         max_seq_len=512,
     )
     model = MTPTransformer(args)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    module = MTPTrainingModule(model, None, BaselineMethod())
+    optimizer = torch.optim.AdamW(module.parameters(), lr=2e-3, weight_decay=0.0)
     deadline = time.monotonic() + minutes * 60
     step = 0
     model.train()
@@ -92,12 +96,17 @@ def train_model(minutes: float, seed: int, seq_len: int = 160) -> tuple[MTPTrans
         targets = torch.full_like(tokens, IGNORE_INDEX)
         targets[:, :-1] = tokens[:, 1:]
         optimizer.zero_grad(set_to_none=True)
-        out = mtp_loss_head_by_head(model, tokens, targets)
+        ctx = LossContext(denominators=head_valid_counts(targets, args.n_future_tokens).double())
+        loss, metrics = module(tokens, targets, ctx=ctx)
+        loss.backward()
         optimizer.step()
         step += 1
         if step % 100 == 0:
-            heads = ", ".join(f"{x:.3f}" for x in out.head_losses.tolist())
-            print(f"step {step}: loss {out.loss.item():.3f} (heads {heads})", flush=True)
+            values = metrics.finalize()
+            heads = ", ".join(
+                f"{values[f'train/head_{k}_loss']:.3f}" for k in range(args.n_future_tokens)
+            )
+            print(f"step {step}: loss {values['train/loss']:.3f} (heads {heads})", flush=True)
     print(f"trained {step} steps in {minutes:.1f} min")
     return model.eval(), tokenizer
 

@@ -160,3 +160,130 @@ def test_analysis_notebook_runs_against_the_catalog(project: Path):
     assert set(namespace["pivot"].columns) >= {"base_model", "canonical"}
     assert sum(namespace["status_counts"]["base_model"].values()) > 0
     assert namespace["meta"]["is_correct"].any()
+
+
+def _tiny_training(method: str, **extra: object) -> str:
+    settings = {
+        "max_steps": 3,
+        "batch_size": 2,
+        "max_seq_len": 256,
+        "eval_every": 3,
+        "val_samples": 4,
+        "warmup_steps": 1,
+        **extra,
+    }
+    return ",".join(f"{method}.{key}={value}" for key, value in settings.items())
+
+
+def _latest_run(tracking_uri: str):
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], order_by=["start_time DESC"]
+    )
+    return client, runs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_critic_then_verifiable_through_the_catalog(project: Path):
+    """`kedro run --pipeline critic`, then `--pipeline verifiable` on 2 FSDP2 processes: the
+    critic's model directory is the verifiable run's input, and the MLflow run holds the
+    parameters and the per-step metric history."""
+    tracking_uri = f"sqlite:///{project / 'mlflow.db'}"
+    _run_kedro(
+        project,
+        "--pipeline",
+        "critic",
+        "--params",
+        _tiny_training("critic"),
+        tracking_uri=tracking_uri,
+    )
+    critic = json.loads((project / "data/06_models/critic/metadata.json").read_text())
+    assert critic["method"] == "critic" and critic["has_value_head"]
+    params = _tiny_training("verifiable") + ",runtime.nproc_per_node=2,runtime.strategy=fsdp"
+    _run_kedro(project, "--pipeline", "verifiable", "--params", params, tracking_uri=tracking_uri)
+    verifiable = json.loads((project / "data/06_models/verifiable/metadata.json").read_text())
+    assert verifiable["method"] == "verifiable" and verifiable["steps"] == 3
+    assert verifiable["init_model"].endswith("06_models/critic")
+    assert verifiable["world_size"] == 2 and verifiable["strategy"] == "fsdp"
+    client, run = _latest_run(tracking_uri)
+    assert run.data.params["verifiable.max_steps"] == "3"
+    assert run.data.params["verifiable.beta"] == "0.9"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == [1, 2, 3]
+    assert client.get_metric_history(run.info.run_id, "weights/mean")
+    history = pd.read_csv(project / "data/08_reporting/training/verifiable_history.csv")
+    assert history["step"].max() == 3
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_rho1_tunes_its_reference_then_trains(project: Path):
+    tracking_uri = f"sqlite:///{project / 'mlflow.db'}"
+    params = ",".join([_tiny_training("rho1"), _tiny_training("rho1.reference_tuning")])
+    _run_kedro(project, "--pipeline", "rho1", "--params", params, tracking_uri=tracking_uri)
+    assert (project / "data/06_models/micro-ref-tuned/config.json").is_file()
+    rho1 = json.loads((project / "data/06_models/rho1/metadata.json").read_text())
+    assert rho1["method"] == "rho1"
+    assert rho1["reference_model"].endswith("06_models/micro-ref-tuned")
+    client, run = _latest_run(tracking_uri)
+    assert client.get_metric_history(run.info.run_id, "rho1/kept_ratio_head_1")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ctrl_c_then_run_again_resumes(project: Path):
+    """Interrupted with Ctrl-C (SIGINT to `kedro run`): no worker is left behind; run again,
+    it resumes (the log says from which step) and ends with the uninterrupted run's loss."""
+    import signal
+    import time
+
+    tracking_uri = f"sqlite:///{project / 'mlflow.db'}"
+    params = _tiny_training("baseline", max_steps=8, save_every=2, eval_every=8)
+    checkpoints = project / "data/06_models/checkpoints/baseline"
+    history_csv = project / "data/08_reporting/training/baseline_history.csv"
+    _run_kedro(
+        project,
+        "--pipeline",
+        "baseline",
+        "--params",
+        params + ",baseline.resume=never",
+        tracking_uri=tracking_uri,
+    )
+    expected = pd.read_csv(history_csv).dropna(subset=["train/loss"])["train/loss"].iloc[-1]
+    shutil.rmtree(checkpoints)
+
+    env = {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": "1",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [KEDRO, "run", "--pipeline", "baseline", "--params", params],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(checkpoints.glob("step_*/manifest.json")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-3000:]
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "weighted_mtp.training.worker"], capture_output=True, text=True
+    ).stdout.split()
+    assert not leftovers, f"workers left behind: {leftovers}"
+    saved = sorted(int(p.name[5:]) for p in checkpoints.glob("step_*"))
+    assert saved and saved[-1] < 8
+
+    again = _run_kedro(
+        project, "--pipeline", "baseline", "--params", params, tracking_uri=tracking_uri
+    )
+    assert f"resuming from step {saved[-1]} of 8" in again.stdout + again.stderr
+    final = pd.read_csv(history_csv).dropna(subset=["train/loss"])["train/loss"].iloc[-1]
+    assert final == pytest.approx(expected, rel=1e-6)

@@ -2,10 +2,14 @@
 
 from omegaconf.resolvers import oc
 
-from weighted_mtp.hooks import TypedParamsMlflowHook
+from weighted_mtp.hooks import PrerequisitesHook, SessionEnvironmentHook, TypedParamsMlflowHook
 
-# kedro-mlflow registers its own hooks through its entry point; this one complements it.
-HOOKS = (TypedParamsMlflowHook(),)
+# kedro-mlflow registers its own hooks through its entry point; TypedParamsMlflowHook
+# complements it. SessionEnvironmentHook tells the evaluation pipeline which environment
+# (--env) its model list comes from. PrerequisitesHook stops a run before anything runs when it
+# would overwrite protected source data, when S3 is used without credentials, or when
+# critic_model (or the data, or a model) is missing, naming what to do.
+HOOKS = (SessionEnvironmentHook(), TypedParamsMlflowHook(), PrerequisitesHook())
 
 # Kedro allows ${oc.env:...} only in credentials by default. mlflow.yml needs it too, so that
 # MLFLOW_TRACKING_URI can point a run at a remote tracking server without editing conf/.

@@ -1,4 +1,4 @@
-"""Collator: exact prompt/output boundary, labels and attention, padding, truncation policy."""
+"""Collator: exact prompt/output boundary, labels and attention, padding, length policy."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from weighted_mtp.data.collator import (
-    IGNORE_INDEX,
-    PromptOutputCollator,
-    RecordFormatError,
-    shift_labels,
-)
+from weighted_mtp.alignment import IGNORE_INDEX, head_view, shift_labels, target_mask
+from weighted_mtp.data.collator import PromptOutputCollator, RecordFormatError
 from weighted_mtp.data.prompt import format_prompt
 from weighted_mtp.data.tokenizer import Tokenizer
 
@@ -99,36 +95,65 @@ def test_labels_attention_and_padding(tokenizer: Tokenizer) -> None:
     assert len(set(lengths)) == 3
 
 
-def test_shift_labels_matches_next_token_semantics(tokenizer: Tokenizer) -> None:
-    batch = PromptOutputCollator(tokenizer, max_length=512)(
-        [record("Print the sum.", "print(a + b)"), record("Add two numbers please.", "print(1)")]
-    )
+def last_valid_targets(targets: torch.Tensor) -> list[int]:
+    """The target at the last valid position of each row of a target view."""
+    mask = target_mask(targets)
+    last = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
+    assert mask.any(1).all()
+    return targets[torch.arange(len(targets)), last].tolist()
+
+
+def test_target_view_runs_from_last_prompt_position_to_eos(tokenizer: Tokenizer) -> None:
+    records = [record("Print the sum.", "print(a + b)"), record("Add two numbers please.", "1")]
+    batch = PromptOutputCollator(tokenizer, max_length=512)(records)
+    ids, labels = batch["input_ids"], batch["labels"]
+    targets = shift_labels(labels)
+    mask = target_mask(targets)
+    assert targets.shape == labels.shape
+    for b, r in enumerate(records):
+        n_prompt = 1 + len(tokenizer.encode(format_prompt(r["instruction"])))  # BOS included
+        n = int(batch["attention_mask"][b].sum())
+        # Position t predicts token t+1: valid targets from the last prompt position (which
+        # predicts the first output token) to position n-2, whose target is the final EOS.
+        assert mask[b].nonzero().flatten().tolist() == list(range(n_prompt - 1, n - 1))
+        assert targets[b, n_prompt - 1 : n - 1].tolist() == ids[b, n_prompt:n].tolist()
+        assert targets[b, n - 2].item() == tokenizer.eos_id
+        assert targets[b, ~mask[b]].eq(IGNORE_INDEX).all()
+    # Head k at position t predicts token t+k+1, read at index t+k of the same (once-shifted)
+    # view: head_view(targets, k)[:, t].
+    for k in range(1, 4):
+        view = head_view(targets, k)
+        assert view.shape[1] == labels.shape[1] - k
+        assert torch.equal(view, targets[:, k:])
+        for b in range(len(records)):
+            t = int(target_mask(view[b : b + 1])[0].nonzero()[0])
+            assert view[b, t].item() == ids[b, t + k + 1].item()
+
+
+def test_every_row_ends_with_eos(tokenizer: Tokenizer) -> None:
+    long_prompt = "Read two integers a and b from standard input and print their sum. " * 6
+    records = [
+        record("Print the sum.", "print(a + b)"),
+        record(long_prompt, "def solve():\n    a, b = map(int, input().split())\n    print(a + b)"),
+        record("Add.", "for i in range(n):\n    total += xs[i]\n" * 8),  # skipped
+        record("Add.", ""),  # an empty output is its EOS alone
+    ]
+    collator = PromptOutputCollator(tokenizer, max_length=40, pad_to_multiple_of=8)
+    batch = collator(records)
+    assert batch["input_ids"].shape[0] == 3 and collator.stats.skipped == 1
     labels = batch["labels"]
-    targets, mask = shift_labels(labels)
-    assert targets.shape == mask.shape == labels.shape and mask.dtype == torch.bool
-    for b in range(2):
-        out = (labels[b] != IGNORE_INDEX).nonzero().flatten()
-        first, last = out[0].item(), out[-1].item()
-        # Position t predicts token t+1: the span runs from the last prompt position to the
-        # position whose target is the final EOS.
-        assert mask[b].nonzero().flatten().tolist() == list(range(first - 1, last))
-        assert targets[b, last - 1].item() == tokenizer.eos_id
-        assert (
-            targets[b, first - 1 : last].tolist()
-            == batch["input_ids"][b, first : last + 1].tolist()
-        )
-        assert targets[b, ~mask[b]].eq(0).all()
-    # Head k (offset k + 1) is the next-token view shifted by k more.
-    t3, m3 = shift_labels(labels, 3)
-    assert torch.equal(m3[:, :-2], mask[:, 2:]) and not m3[:, -3:].any()
-    assert torch.equal(t3[:, :-2], targets[:, 2:])
+    valid = labels != IGNORE_INDEX
+    last = labels.shape[1] - 1 - valid.flip(1).int().argmax(1)
+    assert labels[torch.arange(3), last].eq(tokenizer.eos_id).all()
+    assert last_valid_targets(shift_labels(labels)) == [tokenizer.eos_id] * 3
 
 
-def test_prompt_truncated_from_left_keeping_bos(tokenizer: Tokenizer) -> None:
+def test_prompt_truncated_from_left_keeping_bos_and_header(tokenizer: Tokenizer) -> None:
     r = record(
         "Read two integers a and b from standard input and print their sum. " * 4, "print(a + b)"
     )
     prompt = tokenizer.encode(format_prompt(r["instruction"]))
+    header = tokenizer.encode("### Response:\n")
     output = [*tokenizer.encode(r["output"]), tokenizer.eos_id]
     max_length = len(output) + 11
     collator = PromptOutputCollator(tokenizer, max_length=max_length)
@@ -138,11 +163,13 @@ def test_prompt_truncated_from_left_keeping_bos(tokenizer: Tokenizer) -> None:
     # BOS, then the last 10 prompt tokens (the "### Response:" header survives), then the output.
     assert ids == [tokenizer.bos_id, *prompt[-10:], *output]
     assert tokenizer.decode(prompt[-10:]).endswith("### Response:\n")
+    assert ids[1 + 10 - len(header) : 1 + 10] == header
     assert batch["labels"][0].ne(IGNORE_INDEX).sum().item() == len(output)
-    assert collator.stats.prompts_truncated == 1 and collator.stats.outputs_truncated == 0
+    assert batch["labels"][0, -1].item() == tokenizer.eos_id
+    assert collator.stats.prompts_truncated == 1 and collator.stats.skipped == 0
 
 
-def test_output_too_long_truncate_or_skip(tokenizer: Tokenizer) -> None:
+def test_over_long_output_is_skipped_never_truncated(tokenizer: Tokenizer) -> None:
     long_output = "for i in range(n):\n    total += xs[i]\n" * 6
     short = record("Add.", "print(1)")
     records = [record("Sum the even numbers.", long_output, is_correct=False), short]
@@ -150,22 +177,30 @@ def test_output_too_long_truncate_or_skip(tokenizer: Tokenizer) -> None:
     max_length = 24
     assert len(output) + 1 > max_length - 1
 
-    truncating = PromptOutputCollator(tokenizer, max_length=max_length, overflow="truncate")
-    batch = truncating(records)
-    assert batch["input_ids"].shape[0] == 2
-    assert batch["input_ids"][0].tolist() == [tokenizer.bos_id, *output[: max_length - 1]]
-    assert batch["labels"][0, 0].item() == IGNORE_INDEX
-    assert batch["labels"][0, 1:].tolist() == output[: max_length - 1]
-    assert truncating.stats.outputs_truncated == 1
-
-    skipping = PromptOutputCollator(tokenizer, max_length=max_length, overflow="skip")
-    batch = skipping(records)
+    collator = PromptOutputCollator(tokenizer, max_length=max_length)
+    batch = collator(records)
     assert batch["input_ids"].shape[0] == 1 and batch["is_correct"].tolist() == [True]
     assert batch["input_ids"][0, 0].item() == tokenizer.bos_id
-    assert skipping.stats.skipped == 1 and skipping.stats.records == 2
-    empty = skipping(records[:1])
+    kept_labels = batch["labels"][0]
+    assert tokenizer.decode(kept_labels[kept_labels >= 0].tolist()[:-1]) == "print(1)"
+    assert collator.stats.skipped == 1 and collator.stats.records == 2
+    empty = collator(records[:1])
     assert empty["input_ids"].shape == (0, 0) and empty["labels"].shape == (0, 0)
-    assert skipping.stats.skipped == 2
+    assert collator.stats.skipped == 2
+
+    # Exactly at the limit (BOS + output + EOS == max_length) the output is kept whole and the
+    # prompt is dropped entirely; one token less and it is skipped.
+    exact = PromptOutputCollator(tokenizer, max_length=len(output) + 2)
+    kept = exact([records[0]])
+    assert kept["input_ids"][0].tolist() == [tokenizer.bos_id, *output, tokenizer.eos_id]
+    assert exact.stats.prompts_truncated == 1 and exact.stats.skipped == 0
+    short_by_one = PromptOutputCollator(tokenizer, max_length=len(output) + 1)
+    assert short_by_one([records[0]])["input_ids"].shape == (0, 0)
+    assert short_by_one.stats.skipped == 1
+
+    # The truncating mode is gone, not ignored.
+    with pytest.raises(TypeError, match="overflow"):
+        PromptOutputCollator(tokenizer, max_length, overflow="truncate")  # type: ignore[call-arg]
 
 
 def test_pad_to_multiple_and_pickle(tokenizer: Tokenizer) -> None:

@@ -20,8 +20,8 @@ from kedro_datasets.text import TextDataset
 from weighted_mtp.data.tokenizer_training import train_tokenizer
 from weighted_mtp.datasets import JsonlDataset, ModelDirectoryDataset
 from weighted_mtp.evaluation.prompts import SamplingSettings, complete_problems
+from weighted_mtp.model_io.model_dir import save_model_dir
 from weighted_mtp.models import MTPTransformer, debug_args
-from weighted_mtp.models.checkpoint import save_model_dir
 from weighted_mtp.pipelines.evaluation.nodes import EvaluationParams
 from weighted_mtp.pipelines.evaluation.pipeline import configured_models, create_pipeline
 

@@ -14,8 +14,8 @@ from kedro.runner import SequentialRunner
 from tests.model_fixtures import train_sentencepiece
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.datasets import HFModelDirectoryDataset, ModelDirectoryDataset
+from weighted_mtp.model_io.model_dir import ModelDirectoryContents
 from weighted_mtp.models import MTPTransformer
-from weighted_mtp.models.checkpoint import ModelDirectoryContents
 from weighted_mtp.pipelines.micro_models import create_pipeline
 from weighted_mtp.pipelines.micro_models.nodes import (
     MicroMTPParams,

@@ -5,39 +5,37 @@ Each record (``docs/contracts.md``) becomes ``[BOS] + encode(format_prompt(instr
 boundary between them is exact (no token straddles it) and the label span is exactly the output
 and its EOS.
 
-Label alignment: ``labels`` are aligned with ``input_ids`` (unshifted, as in Hugging Face):
+Label alignment (:mod:`weighted_mtp.alignment`, the one definition shared with the loss and the
+weighting): ``labels`` are unshifted, Hugging Face style, aligned with ``input_ids``:
 ``labels[b, t] == input_ids[b, t]`` where token t belongs to the output or is the final EOS, and
-``IGNORE_INDEX`` (-100) on prompt (BOS included) and padding. The model's position t predicts
-token t+1 (head k predicts token t+k+1), so losses and weights use the shifted view
-:func:`shift_labels` ``(labels, 1 + k)``: a target ``[B, T]`` whose position t holds the label
-of token t+1+k, and a mask that is True from the last prompt position to the position whose
-target is the final EOS, which is the ``mask`` of the TD and Rho-1 functions
-(``weighted_mtp.weighting``).
+``IGNORE_INDEX`` (-100) on the prompt (BOS included) and on padding. The collator never shifts.
+The target view is ``weighted_mtp.alignment.shift_labels(labels)``: ``targets[:, t]`` is the
+token position t predicts with head 0 (token t+1), valid from the last prompt position to the
+position whose target is the final EOS (``alignment.target_mask``, the ``mask`` of the TD and
+Rho-1 functions). Head k at position t predicts token t+k+1 and uses index t+k of that one target
+view (``alignment.head_view(targets, k)``), not a view shifted again per head.
 
-Truncation policy (``max_length``, counted in tokens including BOS and EOS): the output has
-priority. An over-long prompt loses tokens from its left, right after BOS (the instruction's
-beginning goes; the ``### Response:`` header that precedes the output stays). If the output and
-its EOS alone do not fit beside BOS, ``overflow`` decides: ``"truncate"`` (default) keeps BOS and
-the first ``max_length - 1`` output tokens, so the sequence has no EOS and no prompt;
-``"skip"`` drops the record from the batch. Both are counted (:attr:`PromptOutputCollator.stats`)
-so that a pipeline can log them; sampling with ``max_tokens`` avoids both.
+Length policy (``max_length``, counted in tokens including BOS and EOS): an output is never cut,
+since the reward of an output sits on its EOS and a cut output would carry it on an arbitrary
+token. A record whose output and EOS do not fit beside BOS is skipped (dropped from the batch)
+and counted in ``stats.skipped``. An over-long prompt loses tokens from its left, right after
+BOS (the instruction's beginning goes; the ``### Response:`` header that precedes the output
+stays, unless the output leaves no room for it) and is counted in ``stats.prompts_truncated``.
+So every kept row ends with the EOS on its last label. Sampling with ``max_tokens``
+(:mod:`weighted_mtp.data.sampling`, at ``max_length - 1``) avoids both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
+from weighted_mtp.alignment import IGNORE_INDEX
 from weighted_mtp.data.prompt import format_prompt
 from weighted_mtp.data.tokenizer import Tokenizer
-
-IGNORE_INDEX = -100
-
-Overflow = Literal["truncate", "skip"]
 
 
 class RecordFormatError(ValueError):
@@ -51,8 +49,7 @@ class CollatorStats:
 
     records: int = 0
     prompts_truncated: int = 0
-    outputs_truncated: int = 0
-    skipped: int = 0
+    skipped: int = 0  # outputs (with EOS) longer than max_length - 1: never truncated
 
 
 def _field(record: dict, key: str, index: int, *, required: bool = True) -> str:
@@ -72,17 +69,18 @@ class PromptOutputCollator:
 
     Args:
         tokenizer: the model's tokenizer.
-        max_length: longest sequence in tokens, BOS and EOS included (>= 2).
-        overflow: what to do with a record whose output does not fit (module docstring).
+        max_length: longest sequence in tokens, BOS and EOS included (>= 2); records whose
+            output and EOS do not fit beside BOS are skipped (module docstring).
         pad_to_multiple_of: round the batch length up to a multiple of this (1 = no rounding),
             to give kernels friendlier shapes; padding is masked either way.
 
-    Calling it on ``records`` returns a dict of tensors, ``B`` = records kept,
+    Calling it on ``records`` returns a dict of tensors, ``B`` = records kept (in order),
     ``T`` = the longest kept sequence (right padding, not ``max_length``):
 
     - ``input_ids [B, T]`` long, padded with ``tokenizer.pad_id``;
     - ``attention_mask [B, T]`` bool, True on prompt and output tokens;
-    - ``labels [B, T]`` long, unshifted: token ids on output and EOS, ``IGNORE_INDEX`` elsewhere;
+    - ``labels [B, T]`` long, unshifted: token ids on output and EOS, ``IGNORE_INDEX`` elsewhere
+      (the last label that is not ``IGNORE_INDEX`` is always EOS);
     - ``is_correct [B]`` bool, when every record has ``is_correct`` (the critic and TD reward).
 
     A batch whose records were all skipped has ``B == 0`` and ``T == 0``.
@@ -93,26 +91,20 @@ class PromptOutputCollator:
         tokenizer: Tokenizer,
         max_length: int,
         *,
-        overflow: Overflow = "truncate",
         pad_to_multiple_of: int = 1,
     ) -> None:
         if max_length < 2:
             raise ValueError(f"max_length = {max_length}: expected >= 2 (BOS and one token)")
-        if overflow not in ("truncate", "skip"):
-            raise ValueError(f"overflow = {overflow!r}: expected 'truncate' or 'skip'")
         if pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of = {pad_to_multiple_of}: expected >= 1")
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.overflow = overflow
         self.pad_to_multiple_of = pad_to_multiple_of
         self.stats = CollatorStats()
 
     def encode(self, records: Sequence[dict]) -> list[tuple[list[int], list[int]] | None]:
-        """Prompt and output token ids of each record after truncation, or None if skipped.
-
-        Prompt ids start with BOS; output ids end with EOS (unless the output was truncated).
-        """
+        """Prompt and output token ids of each record after prompt truncation, or None if the
+        record was skipped. Prompt ids start with BOS; output ids always end with EOS."""
         prompts = [
             format_prompt(_field(r, "instruction", i), _field(r, "input", i, required=False))
             for i, r in enumerate(records)
@@ -128,12 +120,8 @@ class PromptOutputCollator:
             self.stats.records += 1
             output = [*output, eos]
             if len(output) > limit - 1:
-                if self.overflow == "skip":
-                    self.stats.skipped += 1
-                    encoded.append(None)
-                    continue
-                self.stats.outputs_truncated += 1
-                encoded.append(([bos], output[: limit - 1]))
+                self.stats.skipped += 1
+                encoded.append(None)
                 continue
             budget = limit - 1 - len(output)  # prompt tokens that fit after BOS
             if len(prompt) > budget:
@@ -171,28 +159,3 @@ class PromptOutputCollator:
                 [bool(records[i]["is_correct"]) for i in kept], dtype=torch.bool
             )
         return batch
-
-
-def shift_labels(
-    labels: torch.Tensor, offset: int = 1, ignore_index: int = IGNORE_INDEX
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The targets that position t predicts, ``offset`` tokens ahead, and where they count.
-
-    Args:
-        labels: ``[B, T]`` long, unshifted (as the collator returns them).
-        offset: how far ahead position t predicts: 1 for the next token (head 0), ``k + 1`` for
-            MTP head k.
-        ignore_index: the label value of positions without loss.
-
-    Returns:
-        ``(targets, mask)``, both ``[B, T]``: ``targets[:, t] = labels[:, t + offset]`` (0 where
-        ``mask`` is False, so it indexes logits safely), ``mask`` bool, True where that label
-        is a real token (the output and its EOS). Columns past ``T - offset`` are masked.
-    """
-    if offset < 0:
-        raise ValueError(f"offset = {offset}: expected >= 0")
-    shifted = torch.full_like(labels, ignore_index)
-    if offset < labels.shape[1]:
-        shifted[:, : labels.shape[1] - offset] = labels[:, offset:]
-    mask = shifted != ignore_index
-    return shifted.masked_fill(~mask, 0), mask

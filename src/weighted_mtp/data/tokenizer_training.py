@@ -120,9 +120,20 @@ def train_tokenizer(
 
 
 def load_tokenizer(path: str, storage_options: dict[str, Any] | None = None) -> Tokenizer:
-    """A ``tokenizer.model`` from a local path or fsspec URL."""
-    with fsspec.open(path, "rb", **(storage_options or {})) as handle:
-        return Tokenizer(handle.read(), source=path)
+    """A ``tokenizer.model`` from a local path or fsspec URL (``s3://``: credentials from
+    ``storage_options`` or boto's chain).
+
+    Raises:
+        FileNotFoundError: the file does not exist, naming it.
+    """
+    try:
+        with fsspec.open(path, "rb", **(storage_options or {})) as handle:
+            return Tokenizer(handle.read(), source=path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"pretrained tokenizer {path} does not exist (expected a SentencePiece "
+            f"tokenizer.model, e.g. the one in the base model directory)"
+        ) from exc
 
 
 def check_round_trip(
@@ -156,18 +167,19 @@ def build_tokenizer(
     *,
     vocab_size: int,
     pretrained_path: str | None = None,
+    storage_options: dict[str, Any] | None = None,
     model_type: str = "bpe",
     space_runs: Sequence[int] = (2, 4, 8, 16),
     num_threads: int = 1,
 ) -> Tokenizer:
     """Train a tokenizer on ``records`` (and prove the round trip on each), or load
-    ``pretrained_path`` when given.
+    ``pretrained_path`` (a path or fsspec URL, opened with ``storage_options``) when given.
 
     A pretrained tokenizer is checked too, but only logged: LLaMA's adds a dummy prefix and is
     not byte-exact on leading spaces by design, and the model was trained with it as it is.
     """
     if pretrained_path:
-        tokenizer = load_tokenizer(pretrained_path)
+        tokenizer = load_tokenizer(pretrained_path, storage_options)
         try:
             check_round_trip(tokenizer, records, source="training records")
         except TokenizerRoundTripError as exc:

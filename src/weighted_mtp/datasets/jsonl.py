@@ -1,5 +1,9 @@
 """``JsonlDataset``: a list of dicts <-> a JSONL file (local or any fsspec URL, ``s3://``...).
 
+With ``load_as: location`` it loads a :class:`JsonlLocation` (where the file is) instead of its
+records: the torchrun training workers read the rows they need by byte offset themselves, so
+the Kedro process must not read a corpus it would only pass on.
+
 Also home of :class:`FileDataset`, the small fsspec base the project's single-file datasets
 share: it parses the path in the constructor and opens the filesystem on first use, so that
 building a catalog touches no file, network or credentials.
@@ -8,14 +12,16 @@ building a catalog touches no file, network or credentials.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Collection, Iterable
 from copy import deepcopy
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
 from kedro.io import AbstractDataset
-from kedro.io.core import get_filepath_str, get_protocol_and_path
+from kedro.io.core import DatasetError, get_filepath_str, get_protocol_and_path
 
 from weighted_mtp.data.errors import MalformedJsonError
 from weighted_mtp.data.records import SCHEMAS, dumps_line, validate_records
@@ -127,6 +133,23 @@ def parse_jsonl_lines(lines: Iterable[bytes], url: str) -> tuple[list[dict[str, 
     return records, numbers
 
 
+LOAD_AS = ("records", "location")
+
+
+@dataclass(frozen=True)
+class JsonlLocation:
+    """Where a JSONL file lives: what ``JsonlDataset(load_as="location")`` loads.
+
+    Attributes:
+        url: the file as a local absolute path or an fsspec URL (``s3://bucket/key``).
+        storage_options: the fsspec options of the catalog entry (credentials included, hence
+            left out of ``repr``); pass only their non-secret part to other processes.
+    """
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
 class JsonlDataset(FileDataset):
     """A JSONL file of objects, one per line, as a ``list[dict]``.
 
@@ -138,6 +161,10 @@ class JsonlDataset(FileDataset):
         filepath, credentials, fs_args, metadata: see :class:`FileDataset`.
         schema: ``"training"`` or ``"problem"`` to validate every record on load and save
             against ``docs/contracts.md``; None accepts any objects.
+        load_as: ``"records"`` (default) loads the ``list[dict]``; ``"location"`` loads a
+            :class:`JsonlLocation` without reading the file (it must exist). ``save`` always
+            takes records, so one entry can be written by one pipeline as records and read by
+            another as a location.
 
     Example (catalog.yml)::
 
@@ -145,6 +172,7 @@ class JsonlDataset(FileDataset):
           type: weighted_mtp.datasets.JsonlDataset
           filepath: s3://bucket/codecontests/train.jsonl
           schema: training
+          load_as: location
           credentials: s3_credentials
     """
 
@@ -153,6 +181,7 @@ class JsonlDataset(FileDataset):
         *,
         filepath: str,
         schema: str | None = None,
+        load_as: str = "records",
         credentials: dict[str, Any] | None = None,
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
@@ -161,12 +190,19 @@ class JsonlDataset(FileDataset):
             filepath=filepath, credentials=credentials, fs_args=fs_args, metadata=metadata
         )
         check_choice("schema", schema, SCHEMAS, listed=f"{sorted(SCHEMAS)} or None")
+        check_choice("load_as", load_as, LOAD_AS)
         self._schema = schema
+        self._load_as = load_as
 
     def _describe(self) -> dict[str, Any]:
-        return {**super()._describe(), "schema": self._schema}
+        described = {**super()._describe(), "schema": self._schema}
+        if self._load_as != "records":
+            described["load_as"] = self._load_as
+        return described
 
-    def load(self) -> list[dict[str, Any]]:
+    def load(self) -> list[dict[str, Any]] | JsonlLocation:
+        if self._load_as == "location":
+            return self._location()
         with self._fs.open(self._path, "rb") as handle:
             records, numbers = parse_jsonl_lines(handle, self._url)
         if self._schema is not None:
@@ -175,6 +211,14 @@ class JsonlDataset(FileDataset):
             for record, number in zip(records, numbers, strict=True):
                 check(record, self._url, number)
         return records
+
+    def _location(self) -> JsonlLocation:
+        # Fail here, naming the file, rather than in a worker process minutes later.
+        if not self._fs.exists(self._path):
+            raise DatasetError(f"{self._url} does not exist")
+        # Absolute: the location is handed to processes that may run in another directory.
+        url = os.path.abspath(self._path) if self._protocol == "file" else self._url
+        return JsonlLocation(url, deepcopy(self._storage_options))
 
     def save(self, data: Iterable[dict[str, Any]]) -> None:
         records = list(data)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
 
-from weighted_mtp.models.adapter import ModelDirectory
-from weighted_mtp.models.checkpoint import (
+from weighted_mtp.model_io.loading import ModelDirectory
+from weighted_mtp.model_io.model_dir import (
     HF_CONFIG_FILE,
     METADATA_FILE,
     PARAMS_FILE,
@@ -33,7 +33,7 @@ from weighted_mtp.models.checkpoint import (
     save_model_dir,
     write_directory_atomically,
 )
-from weighted_mtp.models.reference import HFModelDirectory, save_reference_model
+from weighted_mtp.model_io.reference import HFModelDirectory, save_reference_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -96,6 +96,17 @@ class _DirectoryDataset(AbstractDataset):
                 f"catalog): it holds a released model that a pipeline must not overwrite"
             )
 
+    def _is_own_directory(self, data: Any) -> bool:
+        # A node passing its input through (rho1's tune_reference with tuning disabled) hands
+        # back a handle on the directory this entry names: copying it onto itself would clear
+        # it on an object store, so saving it is a no-op.
+        path = getattr(data, "path", None)
+        if not isinstance(path, str):
+            return False
+        (p1, a), (p2, b) = get_protocol_and_path(path), get_protocol_and_path(self._path)
+        same_local = p1 == p2 == "file" and Path(a).resolve() == Path(b).resolve()
+        return same_local or (p1 == p2 and a.rstrip("/") == b.rstrip("/"))
+
     def _copy_from(self, source: ModelDirectory | HFModelDirectory) -> None:
         """Copy another directory's files here (e.g. publish a local model to S3)."""
         local = local_model_dir(
@@ -116,9 +127,9 @@ class ModelDirectoryDataset(_DirectoryDataset):
     """An MTP model directory (``params.json``, safetensors, ``tokenizer.model``,
     ``metadata.json``).
 
-    ``load`` -> :class:`~weighted_mtp.models.adapter.ModelDirectory` (a handle; raises
+    ``load`` -> :class:`~weighted_mtp.model_io.loading.ModelDirectory` (a handle; raises
     ``DatasetError`` when the directory has no ``params.json``/``config.json``).
-    ``save`` accepts a :class:`~weighted_mtp.models.checkpoint.ModelDirectoryContents` (written
+    ``save`` accepts a :class:`~weighted_mtp.model_io.model_dir.ModelDirectoryContents` (written
     with ``save_model_dir``) or a ``ModelDirectory`` (its files are copied).
     """
 
@@ -131,6 +142,8 @@ class ModelDirectoryDataset(_DirectoryDataset):
         return ModelDirectory(self._path, dict(self._storage_options), self._cache_dir)
 
     def save(self, data: ModelDirectoryContents | ModelDirectory) -> None:
+        if isinstance(data, ModelDirectory) and self._is_own_directory(data):
+            return
         self._check_writable()
         if isinstance(data, ModelDirectory):
             self._copy_from(data)
@@ -157,7 +170,7 @@ class HFModelDirectoryDataset(_DirectoryDataset):
     """A Hugging Face model directory (``config.json`` + safetensors), e.g. the Rho-1
     reference.
 
-    ``load`` -> :class:`~weighted_mtp.models.reference.HFModelDirectory` (a handle whose
+    ``load`` -> :class:`~weighted_mtp.model_io.reference.HFModelDirectory` (a handle whose
     ``load(device, dtype, expected_vocab_size)`` gives the frozen reference model). ``save``
     accepts a ``PreTrainedModel`` (``save_pretrained``, safetensors), a ``(model, tokenizer)``
     pair (the SentencePiece model is added as ``tokenizer.model``) or an ``HFModelDirectory``.
@@ -172,6 +185,8 @@ class HFModelDirectoryDataset(_DirectoryDataset):
         return HFModelDirectory(self._path, dict(self._storage_options), self._cache_dir)
 
     def save(self, data: PreTrainedModel | tuple[PreTrainedModel, Any] | HFModelDirectory) -> None:
+        if isinstance(data, HFModelDirectory) and self._is_own_directory(data):
+            return
         self._check_writable()
         if isinstance(data, HFModelDirectory):
             self._copy_from(data)

@@ -1,15 +1,15 @@
-"""Pure-PyTorch Meta MTP transformer, value head, KV cache and the head-by-head MTP loss."""
+"""Pure-PyTorch Meta MTP transformer, value head, KV cache and model arguments.
 
-from weighted_mtp.models.adapter import load_model
+The MTP loss lives in :mod:`weighted_mtp.losses`; model directories in
+:mod:`weighted_mtp.model_io` (``load_model`` is re-exported here).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from weighted_mtp.models.args import ModelArgs, ModelArgsError
 from weighted_mtp.models.kv_cache import KVCache
-from weighted_mtp.models.mtp_loss import (
-    IGNORE_INDEX,
-    MTPLossOutput,
-    mtp_loss_head_by_head,
-    mtp_loss_naive,
-    shift_labels,
-)
 from weighted_mtp.models.transformer import (
     MTPTransformer,
     RMSNorm,
@@ -20,10 +20,11 @@ from weighted_mtp.models.transformer import (
 )
 from weighted_mtp.models.value_head import ValueHead
 
+if TYPE_CHECKING:
+    from weighted_mtp.model_io.loading import load_model
+
 __all__ = [
-    "IGNORE_INDEX",
     "KVCache",
-    "MTPLossOutput",
     "MTPTransformer",
     "ModelArgs",
     "ModelArgsError",
@@ -33,8 +34,15 @@ __all__ = [
     "apply_rope",
     "debug_args",
     "load_model",
-    "mtp_loss_head_by_head",
-    "mtp_loss_naive",
     "rope_tables",
-    "shift_labels",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # load_model lives in model_io.loading, which imports this package's submodules: resolving it
+    # on first access lets either package be imported first without a circular import.
+    if name == "load_model":
+        from weighted_mtp.model_io.loading import load_model
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

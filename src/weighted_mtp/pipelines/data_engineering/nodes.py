@@ -64,23 +64,58 @@ class ConversionParams:
     )
 
 
+# Substrings of fsspec option names that hold secrets: parameters are logged to MLflow.
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def _secret_options(options: dict[str, Any], prefix: str) -> list[str]:
+    found = []
+    for name, value in options.items():
+        if any(word in name.lower() for word in _SECRET_WORDS):
+            found.append(f"{prefix}.{name}")
+        elif isinstance(value, dict):
+            found.extend(_secret_options(value, f"{prefix}.{name}"))
+    return found
+
+
 @dataclass(frozen=True)
 class TokenizerParams:
     """The tokenizer: trained on the training records, or a pretrained model's own file.
 
     Attributes:
         vocab_size: target size of a trained tokenizer.
-        pretrained_path: a ``tokenizer.model`` (path or URL) to use instead of training.
+        pretrained_path: a ``tokenizer.model`` (path or fsspec URL, e.g. the base model
+            directory's on ``s3://``) to use instead of training: the models are trained and
+            evaluated with their own tokenizer, so the metadata's token counts must use it too.
+        storage_options: fsspec options for ``pretrained_path`` without secrets (e.g.
+            ``client_kwargs: {endpoint_url: ...}``; S3 credentials come from the environment
+            or boto's chain, as for the training workers, and botocore reads
+            ``AWS_ENDPOINT_URL_S3`` itself).
         model_type: ``bpe`` or ``unigram``.
         space_runs: runs of this many spaces become single pieces.
         num_threads: SentencePiece trainer threads (1: identical output run to run).
+
+    Raises:
+        ValueError: ``storage_options`` holds a secret (parameters are logged to MLflow).
     """
 
     vocab_size: int = 1024
     pretrained_path: str | None = None
+    storage_options: dict[str, Any] | None = None
     model_type: str = "bpe"
     space_runs: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        secrets = _secret_options(
+            dict(self.storage_options or {}), "data_engineering.tokenizer.storage_options"
+        )
+        if secrets:
+            raise ValueError(
+                f"{', '.join(secrets)}: parameters are logged to MLflow, so they must not hold "
+                "credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in "
+                "the environment instead"
+            )
 
 
 def generate_synthetic_codecontests(params: SyntheticParams) -> tuple[Records, Records, Records]:
@@ -158,15 +193,23 @@ def convert_humaneval_rows(rows: Records, params: ConversionParams) -> tuple[Rec
 def train_tokenizer(
     codecontests_train: Records, mbpp_train: Records, params: TokenizerParams
 ) -> Tokenizer:
-    """A tokenizer byte-exact on every training record (or the pretrained one)."""
-    return build_tokenizer(
-        [*codecontests_train, *mbpp_train],
-        vocab_size=params.vocab_size,
-        pretrained_path=params.pretrained_path,
-        model_type=params.model_type,
-        space_runs=params.space_runs,
-        num_threads=params.num_threads,
-    )
+    """A tokenizer byte-exact on every training record (or the pretrained one).
+
+    Raises:
+        FileNotFoundError: ``pretrained_path`` does not exist, naming the parameter.
+    """
+    try:
+        return build_tokenizer(
+            [*codecontests_train, *mbpp_train],
+            vocab_size=params.vocab_size,
+            pretrained_path=params.pretrained_path,
+            storage_options=params.storage_options,
+            model_type=params.model_type,
+            space_runs=params.space_runs,
+            num_threads=params.num_threads,
+        )
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"data_engineering.tokenizer.pretrained_path: {exc}") from exc
 
 
 def metadata_table(records: Records, tokenizer: Tokenizer) -> pd.DataFrame:

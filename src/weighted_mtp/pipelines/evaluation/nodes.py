@@ -32,7 +32,8 @@ from weighted_mtp.evaluation.report import (
     tidy_table,
 )
 from weighted_mtp.evaluation.scoring import summarise
-from weighted_mtp.models.adapter import ModelDirectory
+from weighted_mtp.model_io.loading import ModelDirectory
+from weighted_mtp.model_io.tokenizer_check import check_model_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,24 @@ def generate_completions(
     device: str,
     dtype: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Load the model and complete every problem; returns the samples and generation stats."""
+    """Load the model and complete every problem; returns the samples and generation stats.
+
+    Raises:
+        TokenizerMismatchError: before the weights are read, when ``tokenizer`` (the catalog
+            entry that encodes the prompts) has another size than the model's vocabulary or
+            differs from the ``tokenizer.model`` the model directory ships.
+    """
+    check_model_tokenizer(
+        model_dir,
+        tokenizer,
+        f"{tokenizer.source} (catalog entry `tokenizer`, which encodes the prompts)",
+        vocab_size=model_dir.read_args().vocab_size,
+        vocab_source=f"{model_dir.path} (its params.json or config.json)",
+        hint=(
+            "generation would decode the model's ids with another vocabulary; evaluate models "
+            "trained with the data's tokenizer, or point `tokenizer` at the one they ship"
+        ),
+    )
     logger.info("loading %s on %s (%s)", model_dir.path, device, dtype)
     model = model_dir.load(device=device, dtype=dtype)
     samples, stats = complete_problems(
@@ -223,7 +241,7 @@ def compare_models(
             f"evaluation.models is {params.models} but the pipeline was built for "
             f"{list(model_results)}: the model list is read when the pipeline is created "
             "(pipelines/evaluation/pipeline.py); set it in parameters_evaluation.yml of the "
-            "environment named by KEDRO_ENV, not with --params"
+            "environment the run uses (--env), not with --params"
         )
     results = {**{m: model_results[m] for m in params.models}, REFERENCE_MODEL: canonical}
     rows = tidy_table(results)

@@ -3,9 +3,10 @@
 Which models are evaluated is structure, not a run-time knob: each model is a catalog entry
 (a model directory) that its own sub-pipeline reads, and Kedro builds pipelines before it
 loads parameters. So ``create_pipeline`` takes the model names from ``evaluation.models`` in
-the project's parameters when the pipeline is created (base, overlaid by the environment in
-``KEDRO_ENV``), or from ``create_pipeline(models=[...])``; ``compare_models`` then checks at
-run time that the loaded ``params:evaluation`` agrees. Adding ``verifiable_model`` to that
+the project's parameters when the pipeline is created (base, overlaid by the environment the
+session was started with: ``--env``, recorded by ``weighted_mtp.hooks.SessionEnvironmentHook``,
+or ``KEDRO_ENV`` outside a session), or from ``create_pipeline(models=[...])``;
+``compare_models`` then checks at run time that the loaded ``params:evaluation`` agrees. Adding ``verifiable_model`` to that
 list adds a sub-pipeline ``verifiable_model.*`` and a bar to the report, with no code change.
 """
 
@@ -39,22 +40,38 @@ PROBLEM_SETS = {
 
 def configured_models(project_path: Path | None = None) -> list[str]:
     """``evaluation.models`` from the project's parameters, or :data:`DEFAULT_MODELS` when no
-    configuration is found (e.g. the package used outside its project)."""
+    configuration is found (e.g. the package used outside its project).
+
+    The environment is the one of the Kedro session that is building the pipelines (its
+    ``after_context_created`` hook runs before ``register_pipelines``): ``--env a100`` gives
+    conf/a100's list. Without a session of ``project_path`` (the package imported alone,
+    ``create_pipeline()`` in a test) it is ``KEDRO_ENV``.
+    """
     from kedro.framework.project import settings
 
-    start = (project_path or Path.cwd()).resolve()
-    for root in (start, *start.parents):
-        conf = root / settings.CONF_SOURCE
-        if (root / "pyproject.toml").is_file() and conf.is_dir():
-            break
+    from weighted_mtp.hooks import session_config
+
+    session = session_config()
+    env = os.environ.get("KEDRO_ENV")
+    conf: Path | None = None
+    if session is not None and (
+        project_path is None or Path(project_path).resolve() == session.project_path
+    ):
+        conf, env = Path(session.conf_source), session.env
     else:
+        start = (project_path or Path.cwd()).resolve()
+        for root in (start, *start.parents):
+            if (root / "pyproject.toml").is_file() and (root / settings.CONF_SOURCE).is_dir():
+                conf = root / settings.CONF_SOURCE
+                break
+    if conf is None or not conf.is_dir():
         return list(DEFAULT_MODELS)
     with warnings.catch_warnings():
         # A second loader re-registers Kedro's resolvers; OmegaConf's deprecation notice about
         # that was already shown by the session's own loader.
         warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
         loader = settings.CONFIG_LOADER_CLASS(
-            conf_source=str(conf), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS
+            conf_source=str(conf), env=env, **settings.CONFIG_LOADER_ARGS
         )
         models = loader["parameters"].get("evaluation", {}).get("models")
     return list(models) if models else list(DEFAULT_MODELS)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from weighted_mtp.data.tokenizer import Tokenizer
+from weighted_mtp.model_io.micro import build_micro_mtp, build_micro_reference
+from weighted_mtp.model_io.model_dir import ModelDirectoryContents
 from weighted_mtp.models.args import ModelArgs
-from weighted_mtp.models.checkpoint import ModelDirectoryContents
-from weighted_mtp.models.micro import build_micro_mtp, build_micro_reference
 
 logger = logging.getLogger(__name__)
 

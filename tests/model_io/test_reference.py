@@ -9,9 +9,9 @@ import torch
 from kedro.io.core import DatasetError
 
 from weighted_mtp.datasets import HFModelDirectoryDataset
-from weighted_mtp.models.checkpoint import ModelFileNotFoundError
-from weighted_mtp.models.micro import build_micro_reference
-from weighted_mtp.models.reference import (
+from weighted_mtp.model_io.micro import build_micro_reference
+from weighted_mtp.model_io.model_dir import ModelFileNotFoundError
+from weighted_mtp.model_io.reference import (
     HFModelDirectory,
     ReferenceModel,
     ReferenceVocabMismatchError,

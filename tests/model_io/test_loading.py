@@ -16,10 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.model_fixtures import tiny_args, tiny_model
 from weighted_mtp.datasets import ModelDirectoryDataset
-from weighted_mtp.models import load_model
-from weighted_mtp.models.adapter import ModelDirectory, args_from_hf_config, read_model_args
-from weighted_mtp.models.args import ModelArgs, ModelArgsError
-from weighted_mtp.models.checkpoint import (
+from weighted_mtp.model_io.hf_config import args_from_hf_config
+from weighted_mtp.model_io.loading import ModelDirectory, read_model_args
+from weighted_mtp.model_io.model_dir import (
     ModelDirectoryContents,
     ModelDirectoryError,
     ModelFileNotFoundError,
@@ -27,6 +26,8 @@ from weighted_mtp.models.checkpoint import (
     read_metadata,
     save_model_dir,
 )
+from weighted_mtp.models import load_model
+from weighted_mtp.models.args import ModelArgs, ModelArgsError
 from weighted_mtp.models.transformer import MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
 
@@ -90,7 +91,7 @@ def test_value_head_saved_or_fresh(tmp_path: Path, model, caplog) -> None:
     assert isinstance(load_model(tmp_path / "with"), MTPTransformer)
 
     save_model_dir(model, model.args, TOKENIZER, tmp_path / "without")
-    with caplog.at_level(logging.WARNING, logger="weighted_mtp.models.adapter"):
+    with caplog.at_level(logging.WARNING, logger="weighted_mtp.model_io.loading"):
         loaded, fresh = load_model(tmp_path / "without", dtype="bf16", with_value_head=True)
     assert "fresh initialisation" in caplog.text
     assert fresh.weight.shape == (1, 32) and fresh.weight.dtype == torch.bfloat16

@@ -2,7 +2,7 @@
 directory writes and local cached copies of remote directories.
 
 The format of what such a directory holds (``params.json``, safetensors, ``metadata.json``)
-lives in :mod:`weighted_mtp.models.checkpoint`, which re-exports the names defined here.
+lives in :mod:`weighted_mtp.model_io.model_dir`, which re-exports the names defined here.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weighted_mtp.models.checkpoint import (
+from weighted_mtp.model_io.model_dir import (
     HF_CONFIG_FILE,
     ModelDirectoryError,
     ModelFileNotFoundError,

@@ -10,9 +10,8 @@ import safetensors.torch
 import torch
 
 from tests.model_fixtures import tiny_args, tiny_model
-from weighted_mtp.models.adapter import load_model
-from weighted_mtp.models.args import ModelArgs
-from weighted_mtp.models.checkpoint import (
+from weighted_mtp.model_io.loading import load_model
+from weighted_mtp.model_io.model_dir import (
     INDEX_FILE,
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -28,6 +27,7 @@ from weighted_mtp.models.checkpoint import (
     sha256_file,
     verify_checksums,
 )
+from weighted_mtp.models.args import ModelArgs
 from weighted_mtp.models.transformer import MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
 

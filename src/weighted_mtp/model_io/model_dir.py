@@ -1,5 +1,8 @@
-"""Model directory IO: write and read ``params.json``, safetensors weights, ``tokenizer.model``
-and ``metadata.json``, locally or on any fsspec filesystem (``s3://...``).
+"""Model directory export/import: write and read ``params.json``, safetensors weights,
+``tokenizer.model`` and ``metadata.json``, locally or on any fsspec filesystem (``s3://...``).
+
+A model directory is a finished model to hand over (evaluation, serving, the next stage), not a
+training checkpoint: it holds no optimizer, scheduler or data-loader state.
 
 Layout (docs/contracts.md)::
 
@@ -31,11 +34,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from weighted_mtp.models.args import ModelArgs
-
-# File access (fsspec, atomic writes, SHA256, cached copies) lives in model_files; its public
-# names stay importable from here.
-from weighted_mtp.models.model_files import (  # noqa: F401 - re-exports
+# Dtype spellings (model_io.dtypes) and file access (model_io.files: fsspec, atomic writes,
+# SHA256, cached copies) live apart; their public names stay importable from here so that callers
+# need one import for everything about a model directory.
+from weighted_mtp.model_io.dtypes import (  # noqa: F401 - re-exports
+    SAFETENSORS_DTYPES,
+    dtype_name,
+    parse_dtype,
+)
+from weighted_mtp.model_io.files import (  # noqa: F401 - re-exports
     CACHE_ENV,
     ModelDirectoryError,
     ModelFileNotFoundError,
@@ -46,6 +53,7 @@ from weighted_mtp.models.model_files import (  # noqa: F401 - re-exports
     sha256_file,
     write_directory_atomically,
 )
+from weighted_mtp.models.args import ModelArgs
 
 PARAMS_FILE = "params.json"
 HF_CONFIG_FILE = "config.json"
@@ -56,32 +64,6 @@ METADATA_FILE = "metadata.json"
 VALUE_HEAD_PREFIX = "value_head."
 FORMAT_NAME = "weighted-mtp-model-directory"
 FORMAT_VERSION = 1
-
-_DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-}
-# safetensors header dtype codes -> torch dtypes (the ones a model directory can hold).
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 class ChecksumMismatchError(ModelDirectoryError):
@@ -102,21 +84,6 @@ class ShapeMismatchError(ModelDirectoryError):
 
 class DtypeMismatchError(ModelDirectoryError):
     """A stored weight has a different dtype than ``metadata.json`` records."""
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; None stays None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = dtype.removeprefix("torch.").lower()
-    if name not in _DTYPE_NAMES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPE_NAMES)}")
-    return _DTYPE_NAMES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"`` (the spelling stored in ``metadata.json``)."""
-    return str(dtype).removeprefix("torch.")
 
 
 # --------------------------------------------------------------------------- writing

@@ -1,0 +1,119 @@
+"""The job spec: everything a torchrun worker needs, written by the Kedro node as JSON into the
+run directory and read back by every worker (``python -m weighted_mtp.training.worker SPEC``).
+
+It holds locations (URLs), never loaded data, and never credentials: workers read those from
+their environment, as fsspec and MLflow do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from weighted_mtp.training.config import PARAMS_BY_METHOD, RuntimeParams, TrainingParams
+
+SPEC_FILE = "spec.json"
+PLAN_FILE = "data_plan.npz"
+HISTORY_FILE = "history.jsonl"
+FINAL_MODEL_DIR = "final_model"
+LOG_DIR = "logs"
+
+
+class JobSpec(BaseModel):
+    """One training job.
+
+    Attributes:
+        method: ``baseline`` | ``critic`` | ``verifiable`` | ``rho1`` | ``reference``.
+        run_dir: local directory of this run (spec, data plan, logs, history, final model).
+        params: the method's parameters (``PARAMS_BY_METHOD[method]`` as a dict).
+        runtime: ``runtime.*``.
+        init_model: model directory (path or fsspec URL) the policy starts from; for
+            ``reference`` a Hugging Face directory.
+        reference_model: Hugging Face directory of the frozen Rho-1 reference (rho1 only).
+        train_jsonl, valid_jsonl: the training/validation JSONL (path or URL); the rows to
+            read are in the data plan (``run_dir/data_plan.npz``).
+        storage_options: non-secret fsspec options (e.g. an S3 endpoint URL).
+        mlflow_tracking_uri, mlflow_run_id: where rank 0 logs step metrics (the run that
+            kedro-mlflow opened), or None to log nothing to MLflow.
+        extra_metadata: merged into the final model directory's ``metadata.json``.
+        checkpoint_dir: local directory of resume checkpoints (None: ``run_dir/checkpoints``).
+        checkpoint_url: remote mirror of the checkpoints (``s3://...``) or None.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    run_dir: str
+    params: dict[str, Any]
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+    init_model: str
+    reference_model: str | None = None
+    train_jsonl: str
+    valid_jsonl: str | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    mlflow_tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    extra_metadata: dict[str, Any] = Field(default_factory=dict)
+    checkpoint_dir: str | None = None
+    checkpoint_url: str | None = None
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def spec_path(self) -> Path:
+        return self.run_path / SPEC_FILE
+
+    @property
+    def plan_path(self) -> Path:
+        return self.run_path / PLAN_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.run_path / HISTORY_FILE
+
+    @property
+    def final_model_dir(self) -> Path:
+        return self.run_path / FINAL_MODEL_DIR
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_path / LOG_DIR
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else self.run_path / "checkpoints"
+
+    def training_params(self) -> TrainingParams:
+        """``params`` validated as the method's parameter model."""
+        try:
+            model = PARAMS_BY_METHOD[self.method]
+        except KeyError:
+            raise ValueError(
+                f"unknown method {self.method!r}; expected one of {sorted(PARAMS_BY_METHOD)}"
+            ) from None
+        return model.model_validate(self.params)
+
+    # ------------------------------------------------------------------ IO
+    def write(self) -> Path:
+        """Write ``run_dir/spec.json`` (creating ``run_dir``); returns its path."""
+        self.run_path.mkdir(parents=True, exist_ok=True)
+        tmp = self.spec_path.with_suffix(".json.tmp")
+        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.spec_path)
+        return self.spec_path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> JobSpec:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the job spec ({exc})") from None
+        return cls.model_validate(raw)

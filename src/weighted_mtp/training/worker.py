@@ -1,0 +1,242 @@
+"""The torchrun worker: ``python -m weighted_mtp.training.worker RUN_DIR/spec.json``.
+
+Started only by :func:`weighted_mtp.training.launcher.launch`. Imports no Kedro. Builds the
+method's training module on its device from the spec's model directories, runs the one loop,
+and rank 0 writes the final model directory (the full state dict gathered from the DDP replica
+or the FSDP2 shards, in safetensors) into ``run_dir/final_model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from weighted_mtp.data.collator import PromptOutputCollator
+from weighted_mtp.data.tokenizer import Tokenizer
+from weighted_mtp.losses.methods import (
+    BaselineMethod,
+    CriticMethod,
+    Method,
+    Rho1Method,
+    VerifiableMethod,
+    reference_token_ce,
+)
+from weighted_mtp.model_io.loading import ModelDirectory, load_model
+from weighted_mtp.model_io.model_dir import save_model_dir
+from weighted_mtp.model_io.reference import (
+    ReferenceVocabMismatchError,
+    load_reference_model,
+    save_reference_model,
+)
+from weighted_mtp.model_io.tokenizer_check import TokenizerMismatchError
+from weighted_mtp.training.checkpoint_storage import CheckpointStorage
+from weighted_mtp.training.config import Rho1Params, VerifiableParams
+from weighted_mtp.training.distributed import WorldInfo, barrier, init_distributed, shutdown
+from weighted_mtp.training.loop import TrainSummary, train
+from weighted_mtp.training.module import CausalLMTrainingModule, MTPTrainingModule
+from weighted_mtp.training.spec import JobSpec
+
+logger = logging.getLogger("weighted_mtp.training.worker")
+
+
+def _setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+def _tokenizer_for(handle: ModelDirectory, vocab_size: int) -> tuple[Tokenizer, bytes]:
+    proto = handle.tokenizer_bytes()
+    tokenizer = Tokenizer(proto, source=f"{handle.path}/tokenizer.model")
+    if tokenizer.vocab_size != vocab_size:
+        raise TokenizerMismatchError(
+            f"{handle.path}/tokenizer.model has {tokenizer.vocab_size} tokens but the model's "
+            f"vocab_size is {vocab_size}: training would index embeddings with the wrong ids"
+        )
+    return tokenizer, proto
+
+
+def _build_method(spec: JobSpec, world: WorldInfo, vocab_size: int) -> Method:
+    params = spec.training_params()
+    if spec.method in ("baseline", "reference"):
+        return BaselineMethod()
+    if spec.method == "critic":
+        return CriticMethod()
+    if spec.method == "verifiable":
+        assert isinstance(params, VerifiableParams)
+        return VerifiableMethod(
+            value_coef=params.value_coef,
+            beta=params.beta,
+            w_min=params.w_min,
+            w_max=params.w_max,
+            gamma=params.gamma,
+        )
+    if spec.method == "rho1":
+        assert isinstance(params, Rho1Params)
+        if spec.reference_model is None:
+            raise ValueError("rho1: the job spec names no reference model")
+        from weighted_mtp.model_io.reference import HFModelDirectory
+
+        local = HFModelDirectory(spec.reference_model, dict(spec.storage_options)).local_path()
+        reference = load_reference_model(
+            local, device=world.device, dtype=torch.float32, expected_vocab_size=vocab_size
+        )
+        chunk = params.chunk_size
+
+        @torch.no_grad()
+        def reference_ce(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            hidden = reference.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+            return reference_token_ce(hidden, reference.model.lm_head.weight, targets, chunk)
+
+        return Rho1Method(
+            reference=reference_ce, top_k=params.top_k, head0_always=params.head0_always
+        )
+    raise ValueError(f"unknown method {spec.method!r}")
+
+
+def _storage(spec: JobSpec) -> CheckpointStorage:
+    # Retry knobs come from the environment: operational, not part of the experiment.
+    return CheckpointStorage(
+        spec.checkpoint_path,
+        spec.checkpoint_url,
+        spec.storage_options,
+        retries=int(os.environ.get("WMTP_CHECKPOINT_UPLOAD_RETRIES", "4")),
+        backoff_s=float(os.environ.get("WMTP_CHECKPOINT_UPLOAD_BACKOFF_S", "1.0")),
+    )
+
+
+def _full_state_dict(wrapped: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # Collective: every rank takes part; with cpu_offload only rank 0 ends up with tensors.
+    return get_model_state_dict(
+        wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def _train_policy(spec: JobSpec, world: WorldInfo) -> None:
+    handle = ModelDirectory(spec.init_model, dict(spec.storage_options))
+    args = handle.read_args()
+    tokenizer, proto = _tokenizer_for(handle, args.vocab_size)
+    method = _build_method(spec, world, args.vocab_size)
+    # Same seed on every rank before building: a fresh value head must start identical
+    # everywhere (FSDP2 does not broadcast parameters).
+    torch.manual_seed(spec.runtime.seed)
+    stored_dtype = (handle.read_metadata() or {}).get("dtype")
+    # Full-precision master weights; FSDP2 casts to runtime.dtype for compute on CUDA.
+    loaded = load_model(
+        spec.init_model,
+        "cpu",
+        torch.float32,
+        method.uses_value_head,
+        storage_options=spec.storage_options,
+    )
+    model, value_head = loaded if isinstance(loaded, tuple) else (loaded, None)
+    model.train()
+    module = MTPTrainingModule(model, value_head, method)
+    torch.manual_seed(spec.runtime.seed + world.rank)
+    params = spec.training_params()
+    collator = PromptOutputCollator(tokenizer, params.max_seq_len)
+    storage = _storage(spec)
+    wrapped, summary = train(spec, world, module, collator, storage)
+
+    state = _full_state_dict(wrapped)
+    if world.is_main:
+        model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        head_state = {
+            k[len("value_head.") :]: v for k, v in state.items() if k.startswith("value_head.")
+        }
+        save_model_dir(
+            model_state,
+            args,
+            proto,
+            str(spec.final_model_dir),
+            dtype=stored_dtype,
+            value_head=head_state or None,
+            origin=f"{spec.method}:{spec.init_model}",
+            extra_metadata=_metadata(spec, summary),
+        )
+        logger.info("model directory written to %s", spec.final_model_dir)
+        # After the model is safe: a run whose last checkpoint never reached storage fails.
+        storage.finish()
+
+
+def _train_reference(spec: JobSpec, world: WorldInfo) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from weighted_mtp.model_io.reference import HFModelDirectory
+
+    local = HFModelDirectory(spec.init_model, dict(spec.storage_options)).local_path()
+    proto_path = Path(local) / "tokenizer.model"
+    if not proto_path.is_file():
+        raise FileNotFoundError(f"{spec.init_model}: no tokenizer.model beside the reference")
+    proto = proto_path.read_bytes()
+    tokenizer = Tokenizer(proto, source=str(proto_path))
+    torch.manual_seed(spec.runtime.seed)
+    model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True, dtype=torch.float32)
+    vocab = int(model.config.vocab_size)
+    if tokenizer.vocab_size != vocab:
+        raise ReferenceVocabMismatchError(
+            f"{proto_path}: {tokenizer.vocab_size} tokens, the reference's vocab_size is {vocab}"
+        )
+    model.train()
+    module = CausalLMTrainingModule(model, BaselineMethod())
+    torch.manual_seed(spec.runtime.seed + world.rank)
+    params = spec.training_params()
+    collator = PromptOutputCollator(tokenizer, params.max_seq_len)
+    storage = _storage(spec)
+    wrapped, _summary = train(spec, world, module, collator, storage)
+    state = _full_state_dict(wrapped)
+    if world.is_main:
+        fresh = AutoModelForCausalLM.from_config(model.config)
+        fresh.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+        save_reference_model(fresh, str(spec.final_model_dir), tokenizer=proto)
+        logger.info("tuned reference written to %s", spec.final_model_dir)
+        storage.finish()
+
+
+def _metadata(spec: JobSpec, summary: TrainSummary) -> dict:
+    return {
+        **spec.extra_metadata,
+        "method": spec.method,
+        "steps": summary.steps,
+        "tokens_seen": summary.tokens_seen,
+        "mlflow_run_id": spec.mlflow_run_id,
+        "world_size": spec.runtime.nproc_per_node * spec.runtime.nnodes,
+        "strategy": spec.runtime.strategy,
+        "final_metrics": {k: v for k, v in summary.final_metrics.items() if v == v},
+    }
+
+
+@record
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m weighted_mtp.training.worker RUN_DIR/spec.json", file=sys.stderr)
+        return 2
+    spec = JobSpec.read(argv[0])
+    world = init_distributed(spec.runtime.device)
+    _setup_logging(world.rank)
+    started = time.perf_counter()
+    try:
+        if spec.method == "reference":
+            _train_reference(spec, world)
+        else:
+            _train_policy(spec, world)
+        barrier()
+    finally:
+        shutdown()
+    logger.info("%s finished in %.1f s", spec.method, time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
