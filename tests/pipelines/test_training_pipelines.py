@@ -399,7 +399,17 @@ def test_reference_passes_through_when_tuning_is_disabled(workspace, fake_launch
     handle = HFModelDirectory(str(workspace / "data" / "06_models" / "micro-ref"))
     params = Rho1Params(**SMALL, reference_tuning={"enabled": False})
     runs = str(workspace / "runs")
-    out = tune_reference(handle, runs, None, None, None, None, params, {}, data_tokenizer())
+    out = tune_reference(
+        params,
+        init_model=handle,
+        training_runs=runs,
+        train_jsonl=None,
+        train_metadata=None,
+        valid_jsonl=None,
+        valid_metadata=None,
+        runtime={},
+        tokenizer=data_tokenizer(),
+    )
     assert out is handle
     assert fake_launcher.calls == [] and not (workspace / "runs").exists()
 

@@ -388,68 +388,24 @@ def launch_training_job(
 
 
 def train_policy(
-    method: str,
-    init_model: ModelDirectory,
-    training_runs: str,
-    train_jsonl: JsonlLocation,
-    train_metadata: pd.DataFrame,
-    valid_jsonl: JsonlLocation | None,
-    valid_metadata: pd.DataFrame | None,
-    params: TrainingParams,
-    runtime: Mapping[str, Any] | RuntimeParams,
-    reference_model: HFModelDirectory | None = None,
-    checkpoints: CheckpointLocation | None = None,
-    tokenizer: Tokenizer | None = None,
+    method: str, params: TrainingParams, **inputs: Any
 ) -> tuple[ModelDirectory, pd.DataFrame]:
-    """Train an MTP policy (see :func:`launch_training_job`); returns the final model directory
-    in the run directory (the catalog copies it to ``<method>_model``) and the step history."""
-    spec = launch_training_job(
-        method,
-        init_model=init_model,
-        training_runs=training_runs,
-        train_jsonl=train_jsonl,
-        train_metadata=train_metadata,
-        valid_jsonl=valid_jsonl,
-        valid_metadata=valid_metadata,
-        params=params,
-        runtime=runtime,
-        reference_model=reference_model,
-        checkpoints=checkpoints,
-        tokenizer=tokenizer,
-    )
+    """Train an MTP policy: :func:`launch_training_job` with the node's ``inputs``; returns
+    the final model directory in the run directory (the catalog copies it to
+    ``<method>_model``) and the step history."""
+    spec = launch_training_job(method, params=params, **inputs)
     return ModelDirectory(str(spec.final_model_dir)), read_history(spec.history_path)
 
 
 def tune_reference_model(
-    reference_model: HFModelDirectory,
-    training_runs: str,
-    train_jsonl: JsonlLocation,
-    train_metadata: pd.DataFrame,
-    valid_jsonl: JsonlLocation | None,
-    valid_metadata: pd.DataFrame | None,
-    params: ReferenceTuningParams,
-    runtime: Mapping[str, Any] | RuntimeParams,
-    checkpoints: CheckpointLocation | None = None,
-    tokenizer: Tokenizer | None = None,
+    params: ReferenceTuningParams, *, init_model: HFModelDirectory, **inputs: Any
 ) -> HFModelDirectory:
-    """Fine-tune the Rho-1 reference on correct solutions, or pass it through untouched when
-    ``params.enabled`` is false (a reference that is already tuned; ``train_rho1`` then checks
-    its tokenizer against the policy's). Tuning encodes with the reference's own
-    ``tokenizer.model``, which must be the data's ``tokenizer``."""
+    """Fine-tune the Rho-1 reference (``init_model``) on correct solutions, or pass it through
+    untouched when ``params.enabled`` is false (a reference that is already tuned;
+    ``train_rho1`` then checks its tokenizer against the policy's). Tuning encodes with the
+    reference's own ``tokenizer.model``, which must be the data's ``tokenizer``."""
     if not params.enabled:
-        logger.info("reference tuning disabled: %s is the reference as it is", reference_model.path)
-        return reference_model
-    spec = launch_training_job(
-        REFERENCE_METHOD,
-        init_model=reference_model,
-        training_runs=training_runs,
-        train_jsonl=train_jsonl,
-        train_metadata=train_metadata,
-        valid_jsonl=valid_jsonl,
-        valid_metadata=valid_metadata,
-        params=params,
-        runtime=runtime,
-        checkpoints=checkpoints,
-        tokenizer=tokenizer,
-    )
+        logger.info("reference tuning disabled: %s is the reference as it is", init_model.path)
+        return init_model
+    spec = launch_training_job(REFERENCE_METHOD, init_model=init_model, params=params, **inputs)
     return HFModelDirectory(str(spec.final_model_dir))

@@ -31,7 +31,6 @@ from weighted_mtp.losses.methods import (
 from weighted_mtp.model_io.loading import ModelDirectory, load_model
 from weighted_mtp.model_io.model_dir import save_model_dir
 from weighted_mtp.model_io.reference import (
-    ReferenceVocabMismatchError,
     load_reference_model,
     save_reference_model,
 )
@@ -55,15 +54,15 @@ def _setup_logging(rank: int) -> None:
     )
 
 
-def _tokenizer_for(handle: ModelDirectory, vocab_size: int) -> tuple[Tokenizer, bytes]:
-    proto = handle.tokenizer_bytes()
-    tokenizer = Tokenizer(proto, source=f"{handle.path}/tokenizer.model")
+def _checked_tokenizer(proto: bytes, source: str, vocab_size: int) -> Tokenizer:
+    """The tokenizer of a model directory, refused when it does not fit the model."""
+    tokenizer = Tokenizer(proto, source=source)
     if tokenizer.vocab_size != vocab_size:
         raise TokenizerMismatchError(
-            f"{handle.path}/tokenizer.model has {tokenizer.vocab_size} tokens but the model's "
-            f"vocab_size is {vocab_size}: training would index embeddings with the wrong ids"
+            f"{source} has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{vocab_size}: training would index embeddings with the wrong ids"
         )
-    return tokenizer, proto
+    return tokenizer
 
 
 def _build_method(spec: JobSpec, world: WorldInfo, vocab_size: int) -> Method:
@@ -122,10 +121,22 @@ def _full_state_dict(wrapped: torch.nn.Module) -> dict[str, torch.Tensor]:
     )
 
 
+def _train_and_gather(
+    spec: JobSpec, world: WorldInfo, module: torch.nn.Module, tokenizer: Tokenizer
+) -> tuple[dict[str, torch.Tensor], TrainSummary, CheckpointStorage]:
+    """The part every job shares: the loop, then the full state dict (on rank 0)."""
+    torch.manual_seed(spec.runtime.seed + world.rank)
+    collator = PromptOutputCollator(tokenizer, spec.training_params().max_seq_len)
+    storage = _storage(spec)
+    wrapped, summary = train(spec, world, module, collator, storage)
+    return _full_state_dict(wrapped), summary, storage
+
+
 def _train_policy(spec: JobSpec, world: WorldInfo) -> None:
     handle = ModelDirectory(spec.init_model, dict(spec.storage_options))
     args = handle.read_args()
-    tokenizer, proto = _tokenizer_for(handle, args.vocab_size)
+    proto = handle.tokenizer_bytes()
+    tokenizer = _checked_tokenizer(proto, f"{handle.path}/tokenizer.model", args.vocab_size)
     method = _build_method(spec, world, args.vocab_size)
     # Same seed on every rank before building: a fresh value head must start identical
     # everywhere (FSDP2 does not broadcast parameters).
@@ -142,13 +153,7 @@ def _train_policy(spec: JobSpec, world: WorldInfo) -> None:
     model, value_head = loaded if isinstance(loaded, tuple) else (loaded, None)
     model.train()
     module = MTPTrainingModule(model, value_head, method)
-    torch.manual_seed(spec.runtime.seed + world.rank)
-    params = spec.training_params()
-    collator = PromptOutputCollator(tokenizer, params.max_seq_len)
-    storage = _storage(spec)
-    wrapped, summary = train(spec, world, module, collator, storage)
-
-    state = _full_state_dict(wrapped)
+    state, summary, storage = _train_and_gather(spec, world, module, tokenizer)
     if world.is_main:
         model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         head_state = {
@@ -178,23 +183,13 @@ def _train_reference(spec: JobSpec, world: WorldInfo) -> None:
     proto_path = Path(local) / "tokenizer.model"
     if not proto_path.is_file():
         raise FileNotFoundError(f"{spec.init_model}: no tokenizer.model beside the reference")
-    proto = proto_path.read_bytes()
-    tokenizer = Tokenizer(proto, source=str(proto_path))
     torch.manual_seed(spec.runtime.seed)
     model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True, dtype=torch.float32)
-    vocab = int(model.config.vocab_size)
-    if tokenizer.vocab_size != vocab:
-        raise ReferenceVocabMismatchError(
-            f"{proto_path}: {tokenizer.vocab_size} tokens, the reference's vocab_size is {vocab}"
-        )
+    proto = proto_path.read_bytes()
+    tokenizer = _checked_tokenizer(proto, str(proto_path), int(model.config.vocab_size))
     model.train()
     module = CausalLMTrainingModule(model, BaselineMethod())
-    torch.manual_seed(spec.runtime.seed + world.rank)
-    params = spec.training_params()
-    collator = PromptOutputCollator(tokenizer, params.max_seq_len)
-    storage = _storage(spec)
-    wrapped, _summary = train(spec, world, module, collator, storage)
-    state = _full_state_dict(wrapped)
+    state, _summary, storage = _train_and_gather(spec, world, module, tokenizer)
     if world.is_main:
         fresh = AutoModelForCausalLM.from_config(model.config)
         fresh.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})

@@ -1,45 +1,22 @@
-"""Node of the baseline pipeline (the job itself: :mod:`weighted_mtp.pipelines.training_nodes`)."""
+"""Node of the baseline pipeline (the job itself: :mod:`weighted_mtp.pipelines.training_nodes`).
+
+Kedro validates a ``params:`` input against the annotation of the argument it feeds, so each
+node declares its typed ``params``; the other inputs (``training_pipeline.training_inputs``)
+pass through as keywords.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
-from weighted_mtp.data.tokenizer import Tokenizer
-from weighted_mtp.datasets.checkpoint_location import CheckpointLocation
-from weighted_mtp.datasets.jsonl import JsonlLocation
 from weighted_mtp.model_io.loading import ModelDirectory
 from weighted_mtp.pipelines.training_nodes import train_policy
 from weighted_mtp.training.config import BaselineParams
 
 
-def train_baseline(
-    init_model: ModelDirectory,
-    training_runs: str,
-    train_jsonl: JsonlLocation,
-    train_metadata: pd.DataFrame,
-    valid_jsonl: JsonlLocation,
-    valid_metadata: pd.DataFrame,
-    params: BaselineParams,
-    runtime: Mapping[str, Any],
-    tokenizer: Tokenizer,
-    checkpoints: CheckpointLocation | None = None,
-) -> tuple[ModelDirectory, pd.DataFrame]:
+def train_baseline(params: BaselineParams, **inputs: Any) -> tuple[ModelDirectory, pd.DataFrame]:
     """MTP loss with every output token weighted 1, on correct solutions, from ``init_model``
-    (the base model), which must ship the data's ``tokenizer``. Returns the trained model
-    directory and the step history."""
-    return train_policy(
-        "baseline",
-        init_model,
-        training_runs,
-        train_jsonl,
-        train_metadata,
-        valid_jsonl,
-        valid_metadata,
-        params,
-        runtime,
-        checkpoints=checkpoints,
-        tokenizer=tokenizer,
-    )
+    (the base model). Returns the trained model directory and the step history."""
+    return train_policy("baseline", params, **inputs)
