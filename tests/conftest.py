@@ -1,21 +1,55 @@
-"""Fixtures shared across the suite: local servers on 127.0.0.1, started and stopped here."""
+"""Fixtures shared across the suite: local servers on 127.0.0.1, started and stopped here, and
+the logging configuration of the tests (log files under a temporary directory)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _test_logging_config(log_dir: Path) -> Path:
+    """The project's conf/logging.yml with every log file moved into ``log_dir``."""
+    config = yaml.safe_load((PROJECT / "conf" / "logging.yml").read_text(encoding="utf-8"))
+    for handler in config.get("handlers", {}).values():
+        if "filename" in handler:
+            handler["filename"] = str(log_dir / Path(handler["filename"]).name)
+    path = log_dir / "logging.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+# Kedro applies its logging configuration when kedro.framework.project is first imported (by a
+# test module, below this file) and reads conf/logging.yml relative to the working directory:
+# with the project as the working directory, every test and every `kedro` subprocess would
+# append to the project's info.log. KEDRO_LOGGING_CONFIG takes precedence, here and in the
+# subprocesses, which inherit the environment.
+LOG_DIR = Path(tempfile.mkdtemp(prefix="weighted-mtp-test-logs-"))
+os.environ["KEDRO_LOGGING_CONFIG"] = str(_test_logging_config(LOG_DIR))
+if "kedro.framework.project" in sys.modules:  # imported early by a plugin: apply it now
+    from kedro.framework.project import LOGGING
+
+    LOGGING.configure(yaml.safe_load(Path(os.environ["KEDRO_LOGGING_CONFIG"]).read_text()))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -120,3 +154,22 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         yield url
     finally:
         _stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """A copy of the project (notebooks included) after one tiny default `kedro run`: the
+    whole experiment with a few steps per training job (``tests.tiny_project``). Shared, read
+    only, by the tests of its outputs (the run itself, the notebook, kedro viz); a test that
+    runs more pipelines copies it first."""
+    from tests.tiny_project import copy_project, params_arg, run_kedro, tiny_settings
+
+    root = copy_project(tmp_path_factory.mktemp("default_run"), notebooks=True)
+    run_kedro(
+        root,
+        "--params",
+        params_arg(tiny_settings()),
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        timeout=1500,
+    )
+    return root

@@ -157,7 +157,7 @@ def test_env_a100_builds_the_evaluation_pipeline_from_its_own_model_list(project
             return sorted({n.namespace for n in nodes if n.namespace})
 
     assert evaluated("a100") == ["base_model", "baseline_model", "verifiable_model"]
-    assert evaluated(None) == ["base_model"]
+    assert evaluated(None) == ["base_model", "baseline_model", "rho1_model", "verifiable_model"]
 
 
 def test_env_a100_run_uses_the_a100_models(project: Path, no_aws_credentials) -> None:

@@ -58,7 +58,8 @@ def test_a100_training_is_sized_for_7b_on_four_gpus():
 def test_a100_evaluates_its_own_model_list():
     base = _context(None).params["evaluation"]
     a100 = _context("a100").params["evaluation"]
-    assert base.models == ["base_model"]
+    # The embedded default evaluates the untrained model and every trained one.
+    assert base.models == ["base_model", "baseline_model", "verifiable_model", "rho1_model"]
     assert a100.models == ["base_model", "baseline_model", "verifiable_model"]
 
 

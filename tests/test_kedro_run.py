@@ -7,79 +7,33 @@ CodeContests, tokenizer, micro models, evaluation) is produced by the run itself
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
+from tests.tiny_project import KEDRO, kedro_env, params_arg, run_kedro, tiny_settings
+
 PROJECT = Path(__file__).resolve().parents[1]
-KEDRO = str(Path(sys.executable).parent / "kedro")
-
-# Small enough for CI's 2 cores, large enough that every node has real work.
-SMALL_RUN = ",".join(
-    [
-        "data_engineering.synthetic.n_train_tasks=40",
-        "data_engineering.synthetic.n_valid_tasks=8",
-        "data_engineering.synthetic.n_test_tasks=8",
-        "data_engineering.tokenizer.vocab_size=512",
-        "micro_models.mtp.dim=64",
-        "micro_models.mtp.n_heads=4",
-        "micro_models.reference.dim=32",
-        "micro_models.reference.n_heads=2",
-        "evaluation.datasets.humaneval.max_problems=3",
-        "evaluation.datasets.mbpp.max_problems=3",
-        "evaluation.datasets.codecontests.max_problems=3",
-        "evaluation.generation.n_samples=2",
-        "evaluation.generation.max_new_tokens=16",
-    ]
-)
-
-
-def _run_kedro(project: Path, *args: str, tracking_uri: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "KEDRO_DISABLE_TELEMETRY": "1",
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(
-        [KEDRO, "run", *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, (
-        f"kedro run {args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    )
-    return proc
+SMALL_RUN = params_arg(tiny_settings())
+_run_kedro = run_kedro
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT / name, root / name)
-    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    # Kedro insists on the package living under the project's own source_dir.
-    shutil.copytree(PROJECT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    raw_mbpp = root / "data" / "01_raw" / "mbpp"
-    raw_mbpp.mkdir(parents=True)
-    shutil.copy(PROJECT / "data" / "01_raw" / "mbpp" / "mbpp.jsonl", raw_mbpp / "mbpp.jsonl")
+def project(default_run: Path, tmp_path_factory) -> Path:
+    """A copy of the tiny default run's project, for the tests that run more pipelines."""
+    root = tmp_path_factory.mktemp("project") / "project"
+    shutil.copytree(default_run, root, ignore=shutil.ignore_patterns("build", "mlflow.db"))
     return root
 
 
 @pytest.mark.slow
-def test_default_kedro_run_writes_every_output_and_logs_to_mlflow(project: Path):
+def test_default_kedro_run_writes_every_output_and_logs_to_mlflow(default_run: Path):
+    project = default_run
     tracking_uri = f"sqlite:///{project / 'mlflow.db'}"
-    _run_kedro(project, "--params", SMALL_RUN, tracking_uri=tracking_uri)
 
     data = project / "data"
     train = data / "05_model_input" / "codecontests" / "train.jsonl"
@@ -88,8 +42,18 @@ def test_default_kedro_run_writes_every_output_and_logs_to_mlflow(project: Path)
     assert len(meta) == n_lines > 40  # several solutions per task
     assert set(meta["is_correct"]) == {True, False}
     assert (data / "06_models" / "tokenizer" / "tokenizer.model").is_file()
-    for model_dir in ("micro-mtp", "micro-ref"):
+    # The whole experiment: the pretrained base model and every method's model.
+    for model_dir in ("micro-mtp-init", "micro-mtp", "micro-ref", "micro-ref-tuned"):
         assert (data / "06_models" / model_dir).is_dir()
+    base = json.loads((data / "06_models" / "micro-mtp" / "metadata.json").read_text())
+    assert base["method"] == "pretrain" and base["steps"] == 3
+    for method in ("baseline", "critic", "verifiable", "rho1"):
+        meta = json.loads((data / "06_models" / method / "metadata.json").read_text())
+        assert meta["method"] == method and meta["steps"] == 3
+        history = pd.read_csv(data / "08_reporting" / "training" / f"{method}_history.csv")
+        assert history["step"].max() == 3
+    verifiable = json.loads((data / "06_models" / "verifiable" / "metadata.json").read_text())
+    assert verifiable["init_model"].endswith("06_models/critic")
     results = json.loads((data / "08_reporting" / "evaluation" / "results.json").read_text())
     assert "canonical" in json.dumps(results)
     table = pd.read_csv(data / "08_reporting" / "evaluation" / "pass_at_k.csv")
@@ -101,65 +65,16 @@ def test_default_kedro_run_writes_every_output_and_logs_to_mlflow(project: Path)
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], order_by=["start_time DESC"]
     )
-    assert runs, "kedro-mlflow opened no run"
-    run = runs[0]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, "kedro-mlflow opened no run, or several"
+    run = parents[0]
+    # One nested run per training job, each with its own step history.
+    jobs = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    assert jobs == {"pretrain", "baseline", "critic", "verifiable", "reference", "rho1"}
     assert run.data.params["data_engineering.synthetic.n_train_tasks"] == "40"
     assert any(key.startswith("evaluation") for key in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/report.html" in artifacts
-
-
-@pytest.mark.slow
-def test_run_logs_to_a_remote_tracking_server(project: Path, mlflow_server: str):
-    # Needs the tokenizer written by the default run above (same module-scoped project).
-    _run_kedro(
-        project,
-        "--pipeline",
-        "micro_models",
-        "--params",
-        "micro_models.mtp.dim=64,micro_models.mtp.n_heads=4",
-        tracking_uri=mlflow_server,
-    )
-    client = mlflow.MlflowClient(mlflow_server)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert [r.data.params.get("micro_models.mtp.dim") for r in runs] == ["64"]
-
-
-@pytest.mark.slow
-def test_kedro_viz_build_shows_every_pipeline(project: Path):
-    proc = subprocess.run(
-        [KEDRO, "viz", "build"],
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    graph = json.loads((project / "build" / "api" / "main").read_text())
-    pipelines = {p["id"] for p in graph["pipelines"]}
-    assert {"__default__", "data_engineering", "micro_models", "evaluation"} <= pipelines
-    node_names = {n["name"] for n in graph["nodes"]}
-    assert any("tokenizer" in name for name in node_names)
-
-
-@pytest.mark.slow
-def test_analysis_notebook_runs_against_the_catalog(project: Path):
-    """The cells of notebooks/compare_methods.ipynb run as `kedro jupyter` would run them."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    notebook = json.loads((PROJECT / "notebooks" / "compare_methods.ipynb").read_text())
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project) as session:
-        context = session.load_context()
-        namespace = {"catalog": context.catalog, "context": context, "session": session}
-        for cell in notebook["cells"]:
-            if cell["cell_type"] == "code":
-                exec("".join(cell["source"]), namespace)  # noqa: S102 - our own notebook
-    assert set(namespace["pivot"].columns) >= {"base_model", "canonical"}
-    assert sum(namespace["status_counts"]["base_model"].values()) > 0
-    assert namespace["meta"]["is_correct"].any()
 
 
 def _tiny_training(method: str, **extra: object) -> str:
@@ -175,12 +90,20 @@ def _tiny_training(method: str, **extra: object) -> str:
     return ",".join(f"{method}.{key}={value}" for key, value in settings.items())
 
 
-def _latest_run(tracking_uri: str):
+def _latest_run(tracking_uri: str, job: str):
+    """``(client, kedro run, job run)``: the newest top-level run (kedro-mlflow's, holding the
+    parameters) and the run nested in it for training job ``job`` (its step metrics)."""
     client = mlflow.MlflowClient(tracking_uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], order_by=["start_time DESC"]
-    )
-    return client, runs[0]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, order_by=["start_time DESC"])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    nested = [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.info.run_name == job
+    ]
+    assert len(nested) == 1, [r.info.run_name for r in runs]
+    return client, parent, nested[0]
 
 
 @pytest.mark.slow
@@ -206,12 +129,12 @@ def test_critic_then_verifiable_through_the_catalog(project: Path):
     assert verifiable["method"] == "verifiable" and verifiable["steps"] == 3
     assert verifiable["init_model"].endswith("06_models/critic")
     assert verifiable["world_size"] == 2 and verifiable["strategy"] == "fsdp"
-    client, run = _latest_run(tracking_uri)
+    client, run, job = _latest_run(tracking_uri, "verifiable")
     assert run.data.params["verifiable.max_steps"] == "3"
     assert run.data.params["verifiable.beta"] == "0.9"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(job.info.run_id, "train/loss")]
     assert sorted(steps) == [1, 2, 3]
-    assert client.get_metric_history(run.info.run_id, "weights/mean")
+    assert client.get_metric_history(job.info.run_id, "weights/mean")
     history = pd.read_csv(project / "data/08_reporting/training/verifiable_history.csv")
     assert history["step"].max() == 3
 
@@ -226,8 +149,8 @@ def test_rho1_tunes_its_reference_then_trains(project: Path):
     rho1 = json.loads((project / "data/06_models/rho1/metadata.json").read_text())
     assert rho1["method"] == "rho1"
     assert rho1["reference_model"].endswith("06_models/micro-ref-tuned")
-    client, run = _latest_run(tracking_uri)
-    assert client.get_metric_history(run.info.run_id, "rho1/kept_ratio_head_1")
+    client, _, job = _latest_run(tracking_uri, "rho1")
+    assert client.get_metric_history(job.info.run_id, "rho1/kept_ratio_head_1")
 
 
 @pytest.mark.slow
@@ -253,12 +176,7 @@ def test_ctrl_c_then_run_again_resumes(project: Path):
     expected = pd.read_csv(history_csv).dropna(subset=["train/loss"])["train/loss"].iloc[-1]
     shutil.rmtree(checkpoints)
 
-    env = {
-        **os.environ,
-        "KEDRO_DISABLE_TELEMETRY": "1",
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "OMP_NUM_THREADS": "1",
-    }
+    env = kedro_env(tracking_uri)
     proc = subprocess.Popen(
         [KEDRO, "run", "--pipeline", "baseline", "--params", params],
         cwd=project,
@@ -274,8 +192,9 @@ def test_ctrl_c_then_run_again_resumes(project: Path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out[-3000:]
+    # This project's workers only: other runs may share the machine.
     leftovers = subprocess.run(
-        ["pgrep", "-f", "weighted_mtp.training.worker"], capture_output=True, text=True
+        ["pgrep", "-f", f"weighted_mtp.training.worker {project}/"], capture_output=True, text=True
     ).stdout.split()
     assert not leftovers, f"workers left behind: {leftovers}"
     saved = sorted(int(p.name[5:]) for p in checkpoints.glob("step_*"))

@@ -1,6 +1,6 @@
 """Project hooks: the session's environment for pipeline creation, typed parameters in MLflow,
-and checks that stop a run before any node starts (protected outputs, S3 credentials, missing
-inputs)."""
+the runner's name in the run's tags, and checks that stop a run before any node starts
+(parameters Kedro does not type-check, protected outputs, S3 credentials, missing inputs)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Node, Pipeline
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,98 @@ class TypedParamsMlflowHook:
                 flat.update(flatten_params(value, name.removeprefix("params:")))
         if flat:
             mlflow.log_params(flat)
+
+
+# --------------------------------------------------------------------------- runner name
+_OBJECT_REPR = re.compile(r"^<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>$")
+
+
+def runner_name(runner: Any) -> Any:
+    """``"SequentialRunner"`` for ``"<kedro.runner.sequential_runner.SequentialRunner object
+    at 0x7f...>"`` and for ``"None"`` (``session.run()`` without a runner records
+    ``str(None)``, then uses its default, a ``SequentialRunner``); any other value unchanged."""
+    if runner is None or runner == "None":
+        return "SequentialRunner"
+    if isinstance(runner, str):
+        match = _OBJECT_REPR.match(runner)
+        if match:
+            return match.group(1)
+    return runner
+
+
+class RunnerNameHook:
+    """Sets the MLflow ``runner`` tag to the runner's class name.
+
+    Kedro records ``str(runner)`` in the run parameters when it is handed a runner instance
+    (which ``kedro run`` always does), and kedro-mlflow turns every run parameter into a tag:
+    the ``runner`` tag read ``<kedro.runner.sequential_runner.SequentialRunner object at
+    0x7f...>``, a value that differs from run to run and cannot be filtered on. The run
+    parameters themselves are left alone (kedro-viz recognises the sequential runner by that
+    very text). ``trylast``: after kedro-mlflow has opened the run and set its tags.
+    """
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        if mlflow.active_run() is not None:
+            mlflow.set_tag("runner", runner_name(run_params.get("runner")))
+
+
+# --------------------------------------------------------------------------- untyped parameters
+class ParameterError(ValueError):
+    """A parameter group the nodes receive untyped does not fit its model."""
+
+
+def _untyped_groups() -> dict[str, type[BaseModel]]:
+    # Imported here: settings imports this module, and the training package is not needed
+    # by every command.
+    from weighted_mtp.training.config import RuntimeParams
+
+    return {"runtime": RuntimeParams}
+
+
+def describe_validation_error(group: str, exc: ValidationError) -> str:
+    """``"<group>.<field>=<value>: <what is allowed>"`` per problem, joined by ``"; "``."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join([group, *(str(part) for part in error["loc"])])
+        value = error.get("input")
+        shown = f"={value!r}" if error["loc"] and not isinstance(value, Mapping) else ""
+        problems.append(f"{where}{shown}: {error['msg']}")
+    return "; ".join(problems)
+
+
+class UntypedParamsHook:
+    """Validates, when the run starts, the parameter groups that nodes receive as plain
+    mappings (so that notebooks and ``params:runtime.device`` keep indexing them).
+
+    Kedro builds and validates a ``params:`` input itself only when a node's argument is
+    annotated with a model (every other group of this project is: ``training/config.py`` and
+    ``pipelines/*/params.py``). ``runtime`` is read untyped by several nodes; without this, a
+    bad ``runtime.*`` value would surface when the first training node starts, possibly after
+    data engineering. ``tryfirst``: before the other checks and before kedro-mlflow opens a run.
+
+    Raises:
+        ParameterError: naming ``<group>.<field>``, the value and what is allowed.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+        used = {
+            name.removeprefix("params:") for name in pipeline.inputs() if name.startswith("params:")
+        }
+        for group, model in _untyped_groups().items():
+            if not any(name == group or name.startswith(f"{group}.") for name in used):
+                continue
+            value = catalog.load(f"params:{group}")
+            if isinstance(value, model):
+                continue
+            try:
+                model.model_validate(dict(value))
+            except ValidationError as exc:
+                raise ParameterError(
+                    f"Invalid parameters (conf/*/parameters*.yml or --params): "
+                    f"{describe_validation_error(group, exc)}"
+                ) from None
 
 
 # --------------------------------------------------------------------------- session environment
@@ -484,3 +577,29 @@ class PrerequisitesHook:
             f"Cannot run pipeline {shown}: "
             + ("; ".join(lines) if len(lines) == 1 else "\n  - " + "\n  - ".join(lines))
         )
+
+
+class ModelDirectoryMlflowHook:
+    """Tags the MLflow run with the location of each model directory the run writes
+    (``model_dir.<catalog entry>``: an absolute local path or an ``s3://`` URL), so that a run
+    leads to its models as each model's ``metadata.json`` (``mlflow_run_id``) leads to its run."""
+
+    def __init__(self) -> None:
+        self._catalog: CatalogProtocol | None = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: CatalogProtocol) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Node) -> None:
+        from weighted_mtp.datasets.model_directory import _DirectoryDataset
+
+        if mlflow.active_run() is None or self._catalog is None:
+            return
+        dataset = self._catalog.get(dataset_name)
+        if isinstance(dataset, _DirectoryDataset):
+            location = str(dataset._describe()["path"])
+            if "://" not in location:
+                location = str(Path(location).resolve())
+            mlflow.set_tag(f"model_dir.{dataset_name}", location)

@@ -163,3 +163,100 @@ def test_bad_json_names_file_and_row(tmp_path: Path) -> None:
         read_lines_at(path, offsets[2:3], lengths[2:3])
     with pytest.raises(JsonlReadError, match="not UTF-8 JSON"):
         read_lines_at(path, offsets[3:4], lengths[3:4])
+
+
+def _coalesce_reference(
+    starts: list[int], ends: list[int], max_gap: int, cap: int
+) -> list[list[int]]:
+    """The grouping rule spelled out one range at a time: a sorted range joins the current
+    group when it starts within ``max_gap`` bytes of the furthest end read so far and in the
+    same ``cap``-byte block of the file as the previous range's start."""
+    groups: list[list[int]] = []
+    reach = prev_start = 0
+    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        if groups and start <= reach + max_gap and start // cap == prev_start // cap:
+            groups[-1].append(i)
+            reach = max(reach, end)
+        else:
+            groups.append([i])
+            reach = end
+        prev_start = start
+    return groups
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_coalesce_matches_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(seed)
+    cap = int(rng.choice([64, 500, 1 << 20]))
+    monkeypatch.setattr(offset_reader, "MAX_READ_BYTES", cap)
+    lengths = rng.integers(0, 120, size=300)
+    offsets = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    size = int(offsets[-1] + lengths[-1] + 1)
+    # A sample with duplicates, laid out as read_lines_at lays it out.
+    picked = np.sort(rng.choice(300, size=int(rng.integers(1, 200)), replace=True))
+    starts = np.maximum(offsets[picked] - 1, 0)
+    ends = np.minimum(offsets[picked] + lengths[picked] + 1, size)
+    for max_gap in (0, 1, 40, 300, 1 << 20):
+        first, last = offset_reader._coalesce(starts, ends, max_gap)
+        got = [list(range(f, stop)) for f, stop in zip(first.tolist(), last.tolist(), strict=True)]
+        assert got == _coalesce_reference(starts.tolist(), ends.tolist(), max_gap, cap)
+
+
+def test_remote_batches_bounded_by_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    records = _records(50)
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in records]
+    data = b"\n".join(lines) + b"\n"
+    offsets = np.concatenate([[0], np.cumsum([len(x) + 1 for x in lines])[:-1]])
+    lengths = np.array([len(x) for x in lines])
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/batches.jsonl", data)
+    batches: list[list[tuple[int, int]]] = []
+    real_cat_ranges = MemoryFileSystem.cat_ranges
+
+    def recording_cat_ranges(self, paths, starts, ends, **kwargs):  # noqa: ANN001, ANN202
+        batches.append(list(zip(starts, ends, strict=True)))
+        return real_cat_ranges(self, paths, starts, ends, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "cat_ranges", recording_cat_ranges)
+    monkeypatch.setattr(offset_reader, "REMOTE_BATCH_RANGES", 4)
+    monkeypatch.setattr(offset_reader, "REMOTE_BATCH_BYTES", 300)
+    try:
+        rows = list(range(49, -1, -3))
+        got = read_lines_at(
+            "memory://bucket/batches.jsonl", offsets[rows], lengths[rows], max_gap_bytes=0
+        )
+        assert got == [records[r] for r in rows]
+        ranges = [r for batch in batches for r in batch]
+        assert len(ranges) == len(rows)  # one range per line, each requested once
+        assert [s for s, _ in ranges] == sorted(s for s, _ in ranges)
+        for batch in batches:
+            assert len(batch) <= 4
+            assert len(batch) == 1 or sum(e - s for s, e in batch) <= 300
+        assert len(batches) > len(rows) / 4  # the byte bound split some batches further
+    finally:
+        fs.rm("/bucket", recursive=True)
+
+
+def test_s3_reads_equal_full_parse(tmp_path: Path, moto_s3_endpoint: str) -> None:
+    """Through s3fs against an S3 endpoint (moto_server on 127.0.0.1): coalesced and
+    one-range-per-line reads give the records a full parse gives, and a stale metadata table
+    fails with the URL and row."""
+    options = {"client_kwargs": {"endpoint_url": moto_s3_endpoint}}
+    records = _records(80)
+    path = tmp_path / "s3.jsonl"
+    meta = _write_jsonl(path, records, final_newline=True)
+    fs = fsspec.filesystem("s3", **options)
+    fs.mkdir("offset-reader")
+    url = "s3://offset-reader/train.jsonl"
+    fs.put(str(path), url)
+    rows = np.random.default_rng(1).permutation(80)[:30].tolist() + [79, 0, 79]
+    for max_gap in (0, 200, 1 << 20):
+        got = read_records(url, meta, rows, max_gap_bytes=max_gap, storage_options=options)
+        assert got == [records[r] for r in rows]
+    assert read_records(url, meta, rows, storage_options=options) == [records[r] for r in rows]
+    stale = meta.copy()
+    stale.loc[5, "length"] -= 1
+    with pytest.raises(LineBoundaryError, match=r"s3://offset-reader/train\.jsonl: row 5: "):
+        read_records(url, stale, [4, 5], storage_options=options)

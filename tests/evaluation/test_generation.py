@@ -158,3 +158,157 @@ def test_long_prompts_are_clipped_to_fit_the_model(model):
     long_prompt = list(range(1, 120))  # longer than max_seq_len=96
     [[gen]] = generate_samples(model, [long_prompt], max_new_tokens=8)
     assert gen.token_ids == greedy_by_recompute(model, long_prompt[-88:], 8)
+
+
+@torch.no_grad()
+def reference_generate(
+    model: MTPTransformer,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    eos_id: int | None = None,
+    stop: tuple[str, ...] = (),
+    seed: int = 0,
+) -> list[tuple[list[int], str]]:
+    """The obvious batched loop (the implementation before the lean one): the full forward
+    with a freshly built padding mask and positions at every step, every head-0 logit
+    unembedded, a finished row dropped at the step it finishes. Returns (tokens, reason)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens, prompt_valid = left_pad(prompts, pad_id=0)
+    batch, width = tokens.shape
+    valid = torch.ones(batch, width + max_new_tokens, dtype=torch.bool)
+    valid[:, :width] = prompt_valid
+    lengths = prompt_valid.sum(dim=1)
+    cache = model.new_cache(batch, width + max_new_tokens)
+    logits = model(
+        tokens,
+        cache=cache,
+        return_all_heads=False,
+        positions=(prompt_valid.long().cumsum(dim=1) - 1).clamp(min=0),
+        key_padding_mask=prompt_valid,
+    )[:, -1, 0]
+    out: list[list[int]] = [[] for _ in prompts]
+    reasons = ["length"] * len(prompts)
+    rows = list(range(len(prompts)))
+    for step in range(max_new_tokens):
+        next_tokens = select_next_token(
+            logits, temperature=temperature, top_p=top_p, generator=generator
+        )
+        keep = []
+        for j, token in enumerate(next_tokens.tolist()):
+            row = rows[j]
+            if token == eos_id:
+                reasons[row] = "eos"
+                continue
+            out[row].append(token)
+            if any(s in decode(out[row]) for s in stop):
+                reasons[row] = "stop"
+                continue
+            keep.append(j)
+        if not keep or step == max_new_tokens - 1:
+            break
+        index = torch.tensor(keep)
+        cache = cache.select_rows(index)
+        rows, lengths, valid = [rows[j] for j in keep], lengths[index], valid[index]
+        logits = model(
+            next_tokens[index][:, None],
+            start_pos=width + step,
+            cache=cache,
+            return_all_heads=False,
+            positions=(lengths + step)[:, None],
+            key_padding_mask=valid[:, : width + step + 1],
+        )[:, -1, 0]
+    return list(zip(out, reasons, strict=True))
+
+
+class ForwardOnly(torch.nn.Module):
+    """The model seen only through the contract of docs/contracts.md (forward + new_cache),
+    so generate() takes its generic path instead of the MTPTransformer one."""
+
+    def __init__(self, inner: MTPTransformer) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, tokens, **kwargs):
+        return self.inner(tokens, **kwargs)
+
+    def new_cache(self, batch_size: int, max_len: int):
+        return self.inner.new_cache(batch_size, max_len)
+
+
+MIXED = [[5, 9, 13], [7, 1, 2, 3, 4, 5, 6, 8, 11], [100], [3, 3, 3, 3, 20], [40, 41]]
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(), dict(temperature=0.8, top_p=0.95, seed=5), dict(temperature=1.3, seed=11)],
+    ids=["greedy", "top-p", "full-softmax"],
+)
+@pytest.mark.parametrize("path", ["mtp", "forward-only"])
+def test_lean_generation_equals_the_obvious_loop(model, sampling, path):
+    free = reference_generate(model, MIXED, max_new_tokens=16, **sampling)
+    # An EOS some rows emit and a stop sequence some rows contain, so that rows leave the
+    # batch at different steps (which also changes the random numbers the others draw).
+    eos = free[1][0][5]
+    stop = (decode(free[3][0])[1:3],)
+    expected = reference_generate(
+        model, MIXED, max_new_tokens=16, eos_id=eos, stop=stop, **sampling
+    )
+    reasons = {reason for _, reason in expected}
+    # Greedy rows are independent: both rules fire. Sampled rows change course once a row
+    # leaves (the draws shift), so at least one of them must fire.
+    assert reasons >= {"eos", "stop"} if not sampling else reasons & {"eos", "stop"}
+    seed = sampling.pop("seed", 0)
+    net = model if path == "mtp" else ForwardOnly(model)
+    got = generate(
+        net,
+        MIXED,
+        max_new_tokens=16,
+        eos_id=eos,
+        decode=decode,
+        stop=stop,
+        generator=torch.Generator().manual_seed(seed),
+        **sampling,
+    )
+    assert [(g.token_ids, g.finish_reason) for g in got] == expected
+    # Without EOS or stop every row runs to the budget, tokens kept on the device.
+    plain = generate(
+        net, MIXED, max_new_tokens=16, generator=torch.Generator().manual_seed(seed), **sampling
+    )
+    assert [(g.token_ids, g.finish_reason) for g in plain] == free
+
+
+def test_unpadded_batch_equals_rows_alone(model):
+    # Equal lengths: no mask, positions = slots; each row must still decode as it would alone.
+    prompts = [[5, 9, 13, 2], [7, 1, 2, 3], [100, 4, 4, 4]]
+    batched = generate(model, prompts, max_new_tokens=12)
+    for prompt, gen in zip(prompts, batched, strict=True):
+        assert gen.token_ids == greedy_by_recompute(model, prompt, 12)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_sampling_follows_the_distribution(top_p):
+    probs = torch.tensor([0.4, 0.0, 0.3, 0.2, 0.1])
+    logits = torch.log(probs).repeat(8000, 1)  # -inf for the impossible token 1
+    gen = torch.Generator().manual_seed(3)
+    picks = select_next_token(logits, temperature=1.0, top_p=top_p, generator=gen)
+    freq = torch.bincount(picks, minlength=5).double() / picks.numel()
+    # top_p 0.9: masses before tokens 0, 2, 3, 4 are 0, 0.4, 0.7, 0.9 -> token 4 is cut.
+    kept = probs if top_p == 1.0 else probs * torch.tensor([1.0, 1, 1, 1, 0])
+    expected = (kept / kept.sum()).double()
+    assert freq[1] == 0 and (top_p == 1.0 or freq[4] == 0)
+    # 8000 draws: a standard error below 0.006 per token; 0.025 is over 4 of them.
+    torch.testing.assert_close(freq, expected, atol=0.025, rtol=0)
+
+
+def test_sampling_never_picks_a_zero_weight_token_at_the_edges(monkeypatch):
+    # Uniform draws at 0 and just below 1 hit the ends of the cumulative weights, where
+    # zero-weight tokens sit (masked out of the nucleus, or underflowed probabilities).
+    from weighted_mtp.evaluation import generation
+
+    edges = torch.tensor([[0.0], [1.0 - 2**-24]])
+    monkeypatch.setattr(generation.torch, "rand", lambda shape, **kw: edges.to(kw["dtype"]))
+    weights = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).repeat(2, 1)
+    assert generation._inverse_cdf(weights, None).tolist() == [1, 3]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from weighted_mtp.evaluation import SandboxLimits, check_completions, execution
+from weighted_mtp.evaluation import SandboxLimits, check_completions, execution, sandbox
 
 LIMITS = SandboxLimits(
     cpu_seconds=1,
@@ -67,28 +67,23 @@ def listener() -> socket.socket:
     server.close()
 
 
-def _sandbox_uid_processes() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as handle:
-                lines = handle.read().splitlines()
-            state = next(line for line in lines if line.startswith("State:"))
-            uid_line = next(line for line in lines if line.startswith("Uid:"))
-        except (OSError, StopIteration):
-            continue
-        if "\tZ" in state:
-            continue  # a zombie runs nothing; reaping it is up to its parent
-        uid = int(uid_line.split()[1])
-        if (
-            execution.SANDBOX_UID_BASE
-            <= uid
-            < execution.SANDBOX_UID_BASE + execution.SANDBOX_UID_COUNT
-        ):
-            pids.append(int(entry))
-    return pids
+# Set by tests/evaluation/test_sandbox_container.py when it reruns this file with
+# CAP_SYS_ADMIN dropped, so that the rerun cannot pass in another mode than intended.
+EXPECTED_MODE_ENV = "WMTP_SANDBOX_EXPECT"
+
+
+@pytest.fixture(autouse=True)
+def _isolation_is_the_expected_one() -> None:
+    expected = os.environ.get(EXPECTED_MODE_ENV)
+    if expected is None:
+        return
+    iso = execution.isolation()
+    modes = {"namespaces": (True, True), "container": (False, True)}
+    assert (iso.namespaces, iso.drop_uid) == modes[expected], iso.describe()
+    # Without namespaces, the guards that replace them must be on.
+    if expected == "container":
+        assert iso.seccomp, iso.describe()
+        assert iso.landlock == sandbox._landlock_available(), iso.describe()
 
 
 def test_hostile_batch(
@@ -100,6 +95,7 @@ def test_hostile_batch(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2-aws")
     port = listener.getsockname()[1]
     evaluator_pid = os.getpid()
+    litter_name = f"wmtp-hostile-{os.getpid()}-{id(tmp_path)}"
     hostile = {
         "infinite_loop": "while True:\n    pass\n",
         "sleep_forever": "import time\ntime.sleep(3600)\n",
@@ -135,6 +131,14 @@ def test_hostile_batch(
             "    except OSError:\n"
             "        pass\n"
             "assert 'WMTP_FAKE_SECRET' in os.environ\n"
+        ),
+        "litter_shared_tmp": (
+            "for d in ('/tmp', '/var/tmp', '/dev/shm'):\n"
+            "    try:\n"
+            f"        open(d + '/{litter_name}', 'w').write('x')\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "raise SystemExit(1)\n"
         ),
         "network": (
             "import socket\n"
@@ -195,12 +199,14 @@ def test_hostile_batch(
     assert by_name["flood_stdout"]["error"].startswith("output limit exceeded")
     assert by_name["io_constant"]["error"] == "wrong output on test 1"
     assert sentinel.read_text() == "keep me"
+    # Nothing written to the shared writable directories outlives the run.
+    assert not [d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.exists(f"{d}/{litter_name}")]
     assert all("hunter2" not in str(v) for v in verdicts)
     with pytest.raises(BlockingIOError):
         listener.accept()  # no connection ever arrived
-    # Nothing a hostile program started outlives it.
-    leftover = _sandbox_uid_processes()
-    assert leftover == []
+    # Nothing a hostile program started outlives it (processes of runs that other evaluators
+    # on the machine have going on are not counted).
+    assert sandbox.lasting_orphans() == []
 
     # The evaluator is intact: a correct program still passes, on both kinds.
     after = check_completions(

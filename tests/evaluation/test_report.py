@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgba
+from matplotlib.container import BarContainer, ErrorbarContainer
+
+from weighted_mtp.evaluation.comparison import bootstrap_interval
 from weighted_mtp.evaluation.report import (
     figure_png,
     overview_table,
     plot_pass_at_k,
+    plot_training_curves,
     render_html,
     tidy_table,
 )
@@ -79,19 +87,125 @@ def test_png_is_a_valid_non_trivial_image(tmp_path):
     assert len(png) > 10_000
     assert len(fig.axes) == 2  # one panel per k (1 and 2)
     # The canonical reference is the last, hatched bar group with a dashed line per dataset.
-    first = fig.axes[0]
-    labels = [c.get_label() for c in first.containers]
+    first, second = fig.axes
+    labels = [c.get_label() for c in first.containers if isinstance(c, BarContainer)]
     assert labels == ["model_a", "model_b", "canonical"]
-    assert first.containers[-1].patches[0].get_hatch() == "//"
-    assert len(first.collections) == 2  # two dashed reference lines (two datasets)
+    bars = [c for c in first.containers if isinstance(c, BarContainer)]
+    assert bars[-1].patches[0].get_hatch() == "//"
+    dashed = [c for c in first.collections if c.get_linestyle()[0][1] is not None]
+    assert len(dashed) == 2  # two dashed reference lines (two datasets)
+
+
+def test_canonical_is_drawn_only_where_measured():
+    # canonical has one solution per problem: pass@1 only. The pass@2 panel must not show it.
+    fig = plot_pass_at_k(tidy_table(results()))
+    second = fig.axes[1]
+    labels = [c.get_label() for c in second.containers if isinstance(c, BarContainer)]
+    assert labels == ["model_a", "model_b"]
+    assert "not drawn" in second.get_title()
+
+
+def test_bars_carry_the_interval_and_the_counts_behind_them():
+    rows = tidy_table(results())
+    fig = plot_pass_at_k(rows)
+    first = fig.axes[0]
+    # model_a's humaneval pass@1 interval is the bootstrap of its per-problem values.
+    row = next(
+        r
+        for r in rows
+        if (r["model"], r["dataset"], r["k"], r["difficulty"]) == ("model_a", "humaneval", 1, None)
+    )
+    assert (row["ci_low"], row["ci_high"]) == bootstrap_interval([0.5, 0.0, 0.5, 0.0])
+    assert row["ci_low"] < row["pass_at_k"] < row["ci_high"]
+    assert row["n_samples"] == 8 and row["n_problems"] == 4
+    errorbars = [c for c in first.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errorbars) == 2  # the two models, none for canonical
+    segments = errorbars[0].lines[2][0].get_segments()
+    assert segments[0][:, 1].tolist() == pytest.approx([row["ci_low"], row["ci_high"]])
+    ticks = [t.get_text() for t in first.get_xticklabels()]
+    assert ticks == ["humaneval\n4 problems, 8 samples", "mbpp\n4 problems, 8 samples"]
+
+
+def test_tidy_table_survives_a_json_round_trip():
+    # Results are read back from JSON, where per_difficulty keys are strings.
+    round_tripped = json.loads(json.dumps(results()))
+    before = {
+        (r["model"], r["dataset"], str(r["difficulty"]), r["k"]) for r in tidy_table(results())
+    }
+    rows = tidy_table(round_tripped)
+    assert {(r["model"], r["dataset"], str(r["difficulty"]), r["k"]) for r in rows} == before
+    level = next(r for r in rows if r["model"] == "model_a" and r["difficulty"] == "0")
+    assert level["n_problems"] == 2 and level["ci_low"] <= level["pass_at_k"] <= level["ci_high"]
+
+
+def _history(losses: list[float], **columns: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"step": list(range(1, len(losses) + 1)), "train/loss": losses, **columns})
+
+
+def test_training_curves_keep_the_critic_value_loss_apart():
+    nan = float("nan")
+    histories = {
+        "baseline": _history([4.0, 3.0, 2.5, 2.0], **{"val/loss": [nan, 3.1, nan, 2.2]}),
+        "critic": _history([0.3, 0.2, 0.2, 0.1]),
+        "verifiable": _history(
+            [5.0, 4.0, 3.0, 2.8],
+            **{"val/loss": [nan, 3.0, nan, 2.1], "train/value_loss": [0.2, 0.2, 0.1, 0.1]},
+        ),
+    }
+    fig = plot_training_curves(histories)
+    held_out, objective, value = fig.axes
+    assert [line.get_label() for line in held_out.lines] == ["baseline", "verifiable"]
+    # NaN rows (steps without validation) are dropped, not drawn as gaps.
+    assert held_out.lines[0].get_xdata().tolist() == [2.0, 4.0]
+    assert [line.get_label() for line in objective.lines] == ["baseline", "verifiable"]
+    assert [line.get_label() for line in value.lines] == [
+        "critic (train/loss)",
+        "verifiable (train/value_loss)",
+    ]
+    assert value.lines[0].get_ydata().tolist() == [0.3, 0.2, 0.2, 0.1]
+    assert "val/loss" in held_out.get_title() and "not comparable" in objective.get_title()
+    # One colour per method across charts: baseline's curve is baseline_model's bar colour.
+    rows = [
+        {
+            "model": m,
+            "dataset": "codecontests",
+            "difficulty": None,
+            "k": 1,
+            "pass_at_k": 0.5,
+            "n_problems": 2,
+            "n_samples": 4,
+        }
+        for m in ("base_model", "verifiable_model", "baseline_model")
+    ]
+    bars = {
+        c.get_label(): c.patches[0].get_facecolor()
+        for c in plot_pass_at_k(rows).axes[0].containers
+        if isinstance(c, BarContainer)
+    }
+    curves = {line.get_label(): line.get_color() for line in objective.lines}
+    assert to_rgba(curves["baseline"]) == bars["baseline_model"]
+    assert to_rgba(curves["verifiable"]) == bars["verifiable_model"]
+    assert bars["base_model"] != bars["baseline_model"]
+    # A history without the columns (a job that logged nothing) leaves a labelled empty panel.
+    empty = plot_training_curves({"rho1": pd.DataFrame()})
+    assert all(not ax.lines for ax in empty.axes)
+    assert "not logged" in empty.axes[0].texts[0].get_text()
 
 
 def test_html_contains_the_tables_and_the_embedded_chart():
     res = results()
-    page = render_html(res, figure_png(plot_pass_at_k(tidy_table(res))), notes=["note <1>"])
+    page = render_html(
+        res,
+        figure_png(plot_pass_at_k(tidy_table(res))),
+        notes=["note <1>"],
+        verdict="model_b did <best>",
+        training_png=figure_png(plot_training_curves({"baseline": _history([2.0, 1.0])})),
+    )
     assert page.startswith("<!DOCTYPE html>")
-    assert "data:image/png;base64,iVBORw0KGgo" in page  # base64 of the PNG signature
+    assert page.count("data:image/png;base64,iVBORw0KGgo") == 2  # both charts embedded
     assert "note &lt;1&gt;" in page  # escaped
-    for text in ("model_a", "model_b", "canonical", "humaneval", "mbpp", "pass@2"):
+    assert "<p class='verdict'>model_b did &lt;best&gt;</p>" in page
+    for text in ("model_a", "model_b", "canonical", "humaneval", "mbpp", "pass@2", "ci_low"):
         assert text in page
     assert "<td>0.250</td>" in page and "<td>0.625</td>" in page and "<td>1.000</td>" in page
+    assert "bootstrap over problems" in page

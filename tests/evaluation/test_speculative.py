@@ -121,3 +121,28 @@ def test_stats_add_up_over_prompts(random_model):
     assert stats.n_generated == 8 * len(PROMPTS)
     assert stats.n_accepted <= stats.n_drafted
     assert set(stats.as_dict()) >= {"acceptance_rate", "tokens_per_forward"}
+
+
+class ForwardOnly(torch.nn.Module):
+    """The model seen only through docs/contracts.md (forward, new_cache, n_future_tokens), so
+    speculative_generate takes its generic path instead of the MTPTransformer one."""
+
+    def __init__(self, inner: MTPTransformer) -> None:
+        super().__init__()
+        self.inner = inner
+        self.n_future_tokens = inner.n_future_tokens
+
+    def forward(self, tokens, **kwargs):
+        return self.inner(tokens, **kwargs)
+
+    def new_cache(self, batch_size: int, max_len: int):
+        return self.inner.new_cache(batch_size, max_len)
+
+
+def test_generic_model_path_gives_the_same_result_and_stats():
+    model = rigged_model(right_heads=2)
+    for net in (model, ForwardOnly(model)):
+        spec, stats = speculative_generate(net, [3, 5], max_new_tokens=30)
+        assert spec.token_ids == [(6 + i) % 32 for i in range(30)]
+        # The prompt's guesses (heads 1, 2 right) are accepted: 3 tokens after the prompt's.
+        assert stats.n_forwards < 30 / 2.5

@@ -109,3 +109,69 @@ def test_select_rows_keeps_remaining_sequences(model: MTPTransformer) -> None:
     kept = cache.select_rows(torch.tensor([2, 0]))
     step = model(tokens[[2, 0], 5:], start_pos=5, cache=kept)
     torch.testing.assert_close(step, model(tokens[[2, 0]])[:, 5:], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_blocks_are_allocated_on_first_write(model: MTPTransformer) -> None:
+    tokens = torch.randint(0, 128, (3, 7))
+    cache = model.new_cache(3, 7)
+    assert all(k is None for k in cache.keys)
+    model(tokens[:, :4], cache=cache, return_all_heads=False)
+    n_trunk = model.n_trunk_blocks
+    # Head-0 decoding never touches the extra heads' buffers.
+    assert [k is not None for k in cache.keys] == [True] * (n_trunk + 1) + [False] * 3
+    kept = cache.select_rows(torch.tensor([2, 0]))
+    assert [k is not None for k in kept.values] == [True] * (n_trunk + 1) + [False] * 3
+    assert kept.keys[0].shape[0] == 2 and cache.keys[0].shape[0] == 3
+    step = model(tokens[[2, 0], 4:5], start_pos=4, cache=kept, return_all_heads=False)
+    torch.testing.assert_close(step, model(tokens[[2, 0], :5])[:, 4:, :1], atol=ATOL, rtol=0)
+    # A head that first runs late reads zeros for the slots it never wrote, as an eagerly
+    # zero-filled cache would give.
+    late = model(tokens[:, 4:5], start_pos=4, cache=cache)
+    eager = model.new_cache(3, 7)
+    model(tokens[:, :4], cache=eager, return_all_heads=False)
+    for block in range(n_trunk + 1, eager.n_blocks):
+        eager.update(block, 0, *(torch.zeros(3, 2, 4, 8, dtype=torch.float64),) * 2)
+    torch.testing.assert_close(
+        late, model(tokens[:, 4:5], start_pos=4, cache=eager), atol=0, rtol=0
+    )
+    assert cache.dtype == torch.float64 and cache.device.type == "cpu"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("padded", [False, True])
+def test_head_prefill_equals_the_full_block_and_fills_the_cache(
+    model: MTPTransformer, padded: bool
+) -> None:
+    tokens = torch.randint(1, 128, (2, 9))
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    if padded:
+        valid[1, :4] = False  # row 1: 5 real tokens, left-padded
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    extra = dict(positions=positions, key_padding_mask=valid) if padded else {}
+    full, hidden = model(tokens, return_hidden=True, **extra)
+    cache = model.new_cache(2, 10)
+    ctx = model.attention_context(2, 9, cache=cache, **extra)
+    trunk = model.trunk_forward(tokens, ctx=ctx)
+    last = [model.head_prefill(k, trunk, ctx) for k in range(model.n_future_tokens)]
+    torch.testing.assert_close(last[0], hidden[:, -1], atol=ATOL, rtol=0)
+    logits = model.output(torch.stack(last, dim=1))  # [B, n, V]
+    torch.testing.assert_close(logits, full[:, -1], atol=ATOL, rtol=0)
+    # The prefix keys/values in the cache serve the next token as a full prefill would.
+    nxt = torch.randint(1, 128, (2, 1))
+    step_extra = (
+        dict(positions=positions[:, -1:] + 1, key_padding_mask=torch.cat([valid, valid[:, -1:]], 1))
+        if padded
+        else {}
+    )
+    step = model(nxt, start_pos=9, cache=cache, **step_extra)
+    reference = model.new_cache(2, 10)
+    model(tokens, cache=reference, **extra)
+    expected = model(nxt, start_pos=9, cache=reference, **step_extra)
+    torch.testing.assert_close(step, expected, atol=ATOL, rtol=0)
+
+
+def test_head_prefill_needs_a_cache(model: MTPTransformer) -> None:
+    ctx = model.attention_context(1, 3)
+    with torch.no_grad(), pytest.raises(ValueError, match="needs a cache"):
+        model.head_prefill(0, torch.zeros(1, 3, model.args.dim, dtype=torch.float64), ctx)

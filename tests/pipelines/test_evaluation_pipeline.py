@@ -137,6 +137,7 @@ def test_pipeline_runs_and_writes_every_output(tmp_path, tokenizer, model_dirs, 
         ),
         "evaluation_metrics": MemoryDataset(),
         "evaluation_report_png": MatplotlibDataset(filepath=str(out / "pass_at_k.png")),
+        "evaluation_training_png": MatplotlibDataset(filepath=str(out / "training.png")),
         "evaluation_report_html": TextDataset(filepath=str(out / "report.html")),
     }
     for name, path in model_dirs.items():
@@ -167,18 +168,50 @@ def test_pipeline_runs_and_writes_every_output(tmp_path, tokenizer, model_dirs, 
     assert model_a["generation"]["per_dataset"]["humaneval"]["n_samples"] == 4
 
     table = pd.read_csv(out / "pass_at_k.csv")
-    assert {"model", "dataset", "difficulty", "k", "pass_at_k", "n_problems"} <= set(table.columns)
+    assert {
+        "model",
+        "dataset",
+        "difficulty",
+        "k",
+        "pass_at_k",
+        "ci_low",
+        "ci_high",
+        "n_problems",
+        "n_samples",
+    } <= set(table.columns)
     assert set(table["model"]) == {"model_a", "model_b", "canonical"}
+    assert (table["ci_low"] <= table["pass_at_k"] + 1e-12).all()
+    assert (table["pass_at_k"] <= table["ci_high"] + 1e-12).all()
+    whole = table[table["difficulty"].isna() & (table["k"] == 1)]
+    assert set(whole.loc[whole["model"] == "model_a", "n_samples"]) == {4}  # 2 problems x 2
+
+    # The verdict on codecontests pass@1 names the best of the two models or says they tie.
+    verdict = results["verdict"]
+    assert (verdict["dataset"], verdict["k"]) == ("codecontests", 1)
+    assert set(verdict["estimates"]) == {"model_a", "model_b"}
+    assert verdict["estimates"]["model_a"]["n_problems"] == 2
+    assert "codecontests pass@1" in verdict["text"]
 
     metrics = catalog.load("evaluation_metrics")
     assert metrics["canonical.codecontests.pass_at_1"] == {"value": 1.0, "step": 0}
     assert 0.0 <= metrics["model_b.humaneval.pass_at_2"]["value"] <= 1.0
     assert metrics["model_a.mbpp.mean_generated_tokens"]["value"] > 0
+    # Per difficulty: the two codecontests problems are difficulty 1 and 2 (and the canonical
+    # solutions pass both).
+    assert metrics["canonical.codecontests.difficulty_1.pass_at_1"] == {"value": 1.0, "step": 0}
+    assert metrics["canonical.codecontests.difficulty_2.pass_at_1"] == {"value": 1.0, "step": 0}
+    assert {
+        "model_a.codecontests.difficulty_1.pass_at_2",
+        "model_b.codecontests.difficulty_2.pass_at_1",
+    } <= set(metrics)
+    assert not any("humaneval.difficulty" in key for key in metrics)  # no difficulty there
 
     png = (out / "pass_at_k.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "model_b" in page and "canonical" in page and "<td>1.000</td>" in page
+    assert "<p class='verdict'>" in page and verdict["text"].split(" (")[0] in page
     assert "harness check: all 6 canonical solutions pass" in caplog.text
 
 
@@ -206,8 +239,27 @@ def test_params_are_validated():
     assert greedy.generation.samples_per_problem == 1
 
 
+def test_report_reads_the_histories_of_the_evaluated_methods():
+    def report_inputs(models):
+        pipeline = create_pipeline(models=models)
+        return set(next(n for n in pipeline.nodes if n.name == "render_evaluation_report").inputs)
+
+    assert report_inputs(["model_a"]) == {"evaluation_results"}
+    assert report_inputs(["base_model", "verifiable_model", "rho1_model"]) == {
+        "evaluation_results",
+        "critic_training_history",  # verifiable starts from the critic
+        "verifiable_training_history",
+        "rho1_training_history",
+    }
+
+
 def test_project_configuration_shapes_the_pipeline():
-    assert configured_models(PROJECT) == ["base_model"]
+    assert configured_models(PROJECT) == [
+        "base_model",
+        "baseline_model",
+        "verifiable_model",
+        "rho1_model",
+    ]
     loader = OmegaConfigLoader(
         conf_source=str(PROJECT / "conf"), base_env="base", default_run_env="local"
     )
@@ -231,6 +283,13 @@ def test_project_configuration_shapes_the_pipeline():
         "evaluation_table",
         "evaluation_metrics",
         "evaluation_report_png",
+        "evaluation_training_png",
         "evaluation_report_html",
+        "baseline_training_history",
+        "critic_training_history",
     ):
         assert name in catalog
+    # The results and the table are MLflow artifacts of the run, beside the report.
+    for name in ("evaluation_results", "evaluation_table", "evaluation_report_html"):
+        # MlflowArtifactDataset makes a subclass of the wrapped dataset that logs on save.
+        assert getattr(catalog.get(name), "artifact_path", None) == "evaluation", name

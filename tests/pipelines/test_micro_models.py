@@ -23,6 +23,7 @@ from weighted_mtp.pipelines.micro_models.nodes import (
     build_micro_mtp_model,
     build_micro_reference_model,
 )
+from weighted_mtp.training.config import PretrainParams
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MTP = MicroMTPParams(dim=32, n_layers=4, n_heads=4, n_future_tokens=2, multiple_of=16, seed=3)
@@ -69,12 +70,29 @@ def test_micro_reference_node(tokenizer: Tokenizer) -> None:
     assert model.model.embed_tokens.weight.shape == (60, 32)
 
 
+# Inputs of the pretraining node that only a training job reads.
+_TRAINING_ONLY_INPUTS = (
+    "training_runs",
+    "codecontests_train_jsonl@location",
+    "codecontests_train_metadata",
+    "codecontests_valid_jsonl@location",
+    "codecontests_valid_metadata",
+    "pretrain_checkpoints",
+    "params:runtime",
+)
+
+
 def test_pipeline_runs_on_a_tmp_catalog(tmp_path: Path, tokenizer: Tokenizer) -> None:
     catalog = DataCatalog(
         {
             "tokenizer": MemoryDataset(tokenizer),
             "params:micro_models.mtp": MemoryDataset(MTP),
             "params:micro_models.reference": MemoryDataset(REF),
+            # Pretraining off: the random model becomes the base model as it is (the tiny
+            # default run in tests/test_kedro_run.py pretrains through the launcher).
+            "params:micro_models.pretraining": MemoryDataset(PretrainParams(enabled=False)),
+            **{name: MemoryDataset(f"unused: {name}") for name in _TRAINING_ONLY_INPUTS},
+            "micro_mtp_init": ModelDirectoryDataset(path=str(tmp_path / "micro-mtp-init")),
             "base_model": ModelDirectoryDataset(path=str(tmp_path / "micro-mtp")),
             "reference_model": HFModelDirectoryDataset(path=str(tmp_path / "micro-ref")),
         }
@@ -87,6 +105,7 @@ def test_pipeline_runs_on_a_tmp_catalog(tmp_path: Path, tokenizer: Tokenizer) ->
     assert handle.tokenizer_bytes() == tokenizer.model_proto
     meta = handle.read_metadata()
     assert meta["dtype"] == "float32" and meta["origin"].startswith("micro_models")
+    assert catalog.load("pretrain_training_history").empty
     expected = build_micro_mtp_model(tokenizer, MTP).model
     tokens = torch.randint(0, 60, (1, 10))
     with torch.no_grad():

@@ -298,16 +298,23 @@ def test_tuned_reference_feeds_train_rho1() -> None:
     assert pipeline.outputs() == {"rho1_model", "rho1_training_history"}
 
 
-def test_registry_keeps_training_out_of_the_default_run() -> None:
+def test_the_default_run_is_the_whole_experiment() -> None:
     bootstrap_project(PROJECT)
     from kedro.framework.project import pipelines
 
     pipelines.set_requested(None)
     assert set(METHODS) | {"data_engineering", "micro_models", "evaluation"} <= set(pipelines)
-    default = {node.name for node in pipelines["__default__"].nodes}
-    assert not default & {"train_baseline", "train_critic", "train_verifiable", "train_rho1"}
-    assert "tune_reference" not in default
-    assert {"train_tokenizer", "build_micro_mtp_model", "compare_models"} <= default
+    default = pipelines["__default__"]
+    names = {node.name for node in default.nodes}
+    assert {"train_baseline", "train_critic", "train_verifiable", "train_rho1"} <= names
+    assert {"tune_reference", "pretrain_micro_mtp_model", "train_tokenizer"} <= names
+    assert {"render_evaluation_report", "verifiable_model.generate_completions"} <= names
+    # Kedro orders by data: the hand-offs come before the jobs that read them.
+    order = [node.name for node in default.nodes]
+    assert order.index("train_critic") < order.index("train_verifiable")
+    assert order.index("tune_reference") < order.index("train_rho1")
+    assert order.index("pretrain_micro_mtp_model") < order.index("train_baseline")
+    assert order.index("train_rho1") < order.index("rho1_model.generate_completions")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -638,7 +645,12 @@ def test_session_run_passes_the_mlflow_run_to_the_workers(
     assert spec.run_path.parent == project / "data" / "06_models" / "training" / "baseline"
     assert spec.mlflow_run_id is not None and spec.mlflow_tracking_uri == tracking
     assert extra_env == {"MLFLOW_RUN_ID": spec.mlflow_run_id, "MLFLOW_TRACKING_URI": tracking}
-    run = mlflow.MlflowClient(tracking).get_run(spec.mlflow_run_id)
+    # The workers log into a run of their own, named after the job and nested in the one
+    # kedro-mlflow opened (which holds the parameters): the jobs of one kedro run stay apart.
+    client = mlflow.MlflowClient(tracking)
+    job = client.get_run(spec.mlflow_run_id)
+    assert job.info.run_name == "baseline"
+    run = client.get_run(job.data.tags["mlflow.parentRunId"])
     assert run.data.params["baseline.max_steps"] == "3"
     assert run.data.params["runtime.nproc_per_node"] == "1"
     assert (project / "data" / "06_models" / "baseline" / "metadata.json").is_file()

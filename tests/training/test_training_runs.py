@@ -240,6 +240,34 @@ def test_plan_splits_ranks_without_duplicates_or_gaps(corpus):
         assert sorted(one.tolist()) == sorted(two.tolist())
 
 
+def test_pretraining_plan_reads_every_row_and_baseline_only_correct_ones(corpus):
+    """The micro base model's pretraining sees the rows as they come, correct or not; with a
+    correct_fraction it draws that share; the baseline sees correct solutions only."""
+    meta = corpus.train_metadata
+    correct = set(meta.loc[meta["is_correct"], "row"].tolist())
+    n_rows = len(meta)
+    common = {"max_steps": 2, "warmup_steps": 0, "batch_size": n_rows, "max_seq_len": 4096}
+    pretrain = build_data_plan(
+        "pretrain", PARAMS_BY_METHOD["pretrain"](**common), meta, None, world_size=1
+    )
+    epoch = pretrain.train_rows[:n_rows].tolist()
+    assert sorted(epoch) == sorted(meta["row"].tolist())  # every row once per epoch
+    assert epoch != sorted(epoch)  # in a seeded random order
+    balanced = build_data_plan(
+        "pretrain",
+        PARAMS_BY_METHOD["pretrain"](**common, correct_fraction=0.5, n_samples=8),
+        meta,
+        None,
+        world_size=1,
+    )
+    first = balanced.train_rows[:8].tolist()
+    assert sum(row in correct for row in first) == 4
+    baseline = build_data_plan(
+        "baseline", PARAMS_BY_METHOD["baseline"](**common), meta, None, world_size=1
+    )
+    assert set(baseline.train_rows.tolist()) == correct
+
+
 def test_two_nodes_match_one_node(corpus, tmp_path):
     """Two torchrun agents on 127.0.0.1 (nnodes=2, one process each, c10d rendezvous) train
     to the same losses as one node with two processes."""

@@ -32,8 +32,10 @@ from weighted_mtp.evaluation.sandbox import (
     ExecutionResult,
     Isolation,
     SandboxLimits,
+    SandboxSetupError,
     SandboxUnavailableError,
     isolation,
+    orphaned_processes,
     run_program,
 )
 
@@ -46,12 +48,14 @@ __all__ = [
     "InvalidSampleError",
     "Isolation",
     "SandboxLimits",
+    "SandboxSetupError",
     "SandboxUnavailableError",
     "UnknownTaskError",
     "check_completions",
     "check_program",
     "isolation",
     "normalise_output",
+    "orphaned_processes",
     "run_program",
 ]
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from weighted_mtp.evaluation.generation import Decode, Generation, truncate_at_stop
+from weighted_mtp.models.transformer import MTPTransformer
 
 
 @dataclass
@@ -79,6 +80,21 @@ def _finished(
     return None
 
 
+def _prompt_guesses(model: nn.Module, tokens: torch.Tensor, cache: object) -> torch.Tensor:
+    """Every head's argmax after the prompt ``tokens [1, P]`` -> ``[n_heads]``.
+
+    All heads run on the whole prompt so that their caches hold every position for later
+    drafts. On an :class:`MTPTransformer` the head blocks run in full and are unembedded at the
+    last position only (``head_prefill``): the other positions' logits would be thrown away.
+    """
+    if not isinstance(model, MTPTransformer):
+        return model(tokens, start_pos=0, cache=cache, return_all_heads=True)[0, -1].argmax(-1)
+    ctx = model.attention_context(1, tokens.shape[1], cache=cache)  # type: ignore[arg-type]
+    trunk = model.trunk_forward(tokens, ctx=ctx)
+    last = torch.cat([model.head_prefill(k, trunk, ctx) for k in range(model.n_future_tokens)])
+    return model.output(last).argmax(-1)  # last: [n_heads, dim]
+
+
 @torch.no_grad()
 def speculative_generate(
     model: nn.Module,
@@ -117,8 +133,7 @@ def speculative_generate(
     # Slots never go past prompt + max_new_tokens: the drafts fed are capped by the budget.
     cache = model.new_cache(1, len(prompt) + max_new_tokens)
     tokens = torch.tensor([list(prompt)], dtype=torch.long, device=device)
-    # All heads run on the prompt so that their caches hold every position for later drafts.
-    guesses = model(tokens, start_pos=0, cache=cache, return_all_heads=True)[0, -1].argmax(-1)
+    guesses = _prompt_guesses(model, tokens, cache)
     stats.n_forwards = 1
     guesses_list = guesses.tolist()  # [n_heads]: head 0 = next token, heads 1.. = guesses
     committed = [guesses_list[0]]

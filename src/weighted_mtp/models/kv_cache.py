@@ -7,9 +7,15 @@ self-speculative decoding can run every head at drafted positions.
 The cache keeps no length: a call writes slots ``start_pos .. start_pos+T-1`` and reads slots
 ``[0, start_pos+T)``, so rolling back after a rejected draft is just calling again with a
 smaller ``start_pos`` (the stale slots past it are overwritten or never read).
+
+A block's buffers are allocated (zero-filled) on its first write: plain decoding runs head 0
+only, so the extra heads' buffers of an MTP model are never allocated, filled or copied by
+:meth:`KVCache.select_rows`.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -40,23 +46,29 @@ class KVCache:
     ) -> None:
         if batch_size < 1 or max_len < 1:
             raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size}, {max_len}")
-        shape = (batch_size, n_kv_heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_blocks)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_blocks)]
+        self.keys: list[torch.Tensor | None] = [None] * n_blocks
+        self.values: list[torch.Tensor | None] = [None] * n_blocks
         self.batch_size = batch_size
         self.max_len = max_len
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.device = torch.device(device) if device is not None else torch.empty(0).device
+        self.dtype = dtype
 
     @property
     def n_blocks(self) -> int:
         return len(self.keys)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.keys[0].dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.keys[0].device
+    def _buffers(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[block], self.values[block]
+        if keys is None or values is None:
+            # Zero-filled, as if allocated up front: a slot read before any write (a head
+            # that did not run on the prompt) holds zeros, never garbage that could be NaN.
+            shape = (self.batch_size, self.n_kv_heads, self.max_len, self.head_dim)
+            keys = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            values = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            self.keys[block], self.values[block] = keys, values
+        return keys, values
 
     def update(
         self, block: int, start_pos: int, keys: torch.Tensor, values: torch.Tensor
@@ -74,16 +86,16 @@ class KVCache:
             raise ValueError(
                 f"KV cache was built for batch size {self.batch_size}, got {keys.shape[0]}"
             )
-        self.keys[block][:, :, start_pos:end] = keys
-        self.values[block][:, :, start_pos:end] = values
-        return self.keys[block][:, :, :end], self.values[block][:, :, :end]
+        cached_keys, cached_values = self._buffers(block)
+        cached_keys[:, :, start_pos:end] = keys
+        cached_values[:, :, start_pos:end] = values
+        return cached_keys[:, :, :end], cached_values[:, :, :end]
 
     def select_rows(self, index: torch.Tensor) -> KVCache:
         """A new cache holding rows ``index`` (``[B']`` long) of this one, e.g. to drop
         finished sequences from a batched generation."""
-        new = object.__new__(KVCache)
-        new.keys = [k.index_select(0, index) for k in self.keys]
-        new.values = [v.index_select(0, index) for v in self.values]
+        new = copy.copy(self)
+        new.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        new.values = [None if v is None else v.index_select(0, index) for v in self.values]
         new.batch_size = int(index.numel())
-        new.max_len = self.max_len
         return new

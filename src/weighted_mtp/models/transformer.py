@@ -155,6 +155,17 @@ class Attention(nn.Module):
         )
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
+    def cache_keys_values(self, x: torch.Tensor, ctx: AttentionContext, block: int) -> None:
+        """Write the keys/values of ``x [B, T, dim]`` to ``ctx.cache`` without attending: for
+        positions whose own outputs are never used (a head block on a prompt's prefix)."""
+        if ctx.cache is None:
+            raise ValueError("cache_keys_values needs a cache in the context")
+        bsz, seqlen, _ = x.shape
+        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        k = apply_rope(k, ctx.cos, ctx.sin, ctx.rotation).transpose(1, 2)
+        ctx.cache.update(block, ctx.start_pos, k, v.transpose(1, 2))
+
 
 class FeedForward(nn.Module):
     """LLaMA's SwiGLU MLP: ``w2(silu(w1 x) * w3 x)``."""
@@ -394,6 +405,49 @@ class MTPTransformer(nn.Module):
         hidden ``[B, T, dim]``; ``self.output`` of it gives head ``k``'s logits."""
         ctx = self._context_for(trunk_out, ctx, start_pos, cache, positions, key_padding_mask)
         return self.norm(self.head_block(k)(trunk_out, ctx, self.n_trunk_blocks + k))
+
+    def head_prefill(self, k: int, trunk_out: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """Head ``k`` on a cached prompt whose output matters at its last position only:
+        ``trunk_out [B, T, dim]`` -> normed hidden ``[B, dim]`` of the last position.
+
+        A head block's output at a position feeds nothing but that position's logits, while
+        its keys/values serve every later position. So the prefix writes only its keys and
+        values to the cache (two projections instead of the whole block) and the block runs on
+        the last position, attending to them. ``ctx`` (with a cache) is the one of the whole
+        call, as :meth:`attention_context` builds it; the result equals ``head_forward`` at
+        the last position up to float rounding.
+        """
+        if ctx.cache is None:
+            raise ValueError("head_prefill needs a cache in the context")
+        block, index = self.head_block(k), self.n_trunk_blocks + k
+        seqlen = trunk_out.shape[1]
+
+        def rows(start: int, stop: int) -> dict[str, torch.Tensor | None]:
+            return {
+                "cos": ctx.cos[:, start:stop],
+                "sin": ctx.sin[:, start:stop],
+                "rotation": None if ctx.rotation is None else ctx.rotation[:, start:stop],
+            }
+
+        if seqlen > 1:
+            prefix = AttentionContext(
+                **rows(0, seqlen - 1),  # type: ignore[arg-type]
+                mask=None,
+                is_causal=False,
+                start_pos=ctx.start_pos,
+                cache=ctx.cache,
+            )
+            normed = block.attention_norm(trunk_out[:, :-1])
+            block.attention.cache_keys_values(normed, prefix, index)
+        last = AttentionContext(
+            **rows(seqlen - 1, seqlen),  # type: ignore[arg-type]
+            # The last query of a causal call sees every key: its mask row, or none at all.
+            mask=None if ctx.mask is None else ctx.mask[:, :, -1:],
+            is_causal=False,
+            start_pos=ctx.start_pos + seqlen - 1,
+            cache=ctx.cache,
+        )
+        return self.norm(block(trunk_out[:, -1:], last, index))[:, 0]
 
     def forward(
         self,

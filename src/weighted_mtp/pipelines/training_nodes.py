@@ -14,12 +14,13 @@ they start from and their parameter model; their ``nodes.py`` hold typed one-lin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,20 @@ def active_mlflow_run() -> tuple[str | None, str | None]:
     return run.info.run_id, absolute_tracking_uri(mlflow.get_tracking_uri())
 
 
+@contextlib.contextmanager
+def job_mlflow_run(method: str) -> Iterator[tuple[str | None, str | None]]:
+    """``(run_id, tracking_uri)`` of a run nested in the one kedro-mlflow opened, named after
+    the job, for the workers to log into: the jobs of one ``kedro run`` (the default run has
+    six) keep their step histories apart. ``(None, None)`` without an active run."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        yield None, None
+        return
+    with mlflow.start_run(run_name=method, nested=True) as run:
+        yield run.info.run_id, absolute_tracking_uri(mlflow.get_tracking_uri())
+
+
 def read_history(path: Path) -> pd.DataFrame:
     """The step history rank 0 wrote (one JSON object per logged step) as a table; nested
     objects become dotted columns (``val.loss``)."""
@@ -335,56 +350,58 @@ def launch_training_job(
     run_dir = new_run_dir(training_runs, method, name=os.environ.get(RUN_NAME_ENV) or None)
     logger.info("%s: run directory %s", method, run_dir)
 
-    run_id, tracking_uri = active_mlflow_run()
-    models = [init_model, *([reference_model] if reference_model is not None else [])]
-    data = [train_jsonl, *([valid_jsonl] if valid_jsonl is not None else [])]
-    stores = [checkpoints] if checkpoints is not None else []
-    checkpoint_dir, checkpoint_url = checkpoint_paths(checkpoints, training_runs, method)
-    spec = JobSpec(
-        method=method,
-        run_dir=str(run_dir),
-        params=params.model_dump(mode="json"),
-        runtime=runtime,
-        init_model=init_model.path,
-        reference_model=reference_model.path if reference_model is not None else None,
-        train_jsonl=train_jsonl.url,
-        valid_jsonl=valid_jsonl.url if valid_jsonl is not None else None,
-        storage_options=public_storage_options(
-            *(x.storage_options for x in [*models, *data, *stores])
-        ),
-        mlflow_tracking_uri=tracking_uri,
-        mlflow_run_id=run_id,
-        extra_metadata={
-            **lineage_metadata(method, init_model),
-            **({"reference_model": reference_model.path} if reference_model else {}),
-        },
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_url=checkpoint_url,
-    )
-    plan.save(spec.plan_path)
-
-    # Imported here: the launcher is the one module that spawns processes; importing the
-    # pipelines (kedro viz, kedro jupyter) must not need it.
-    from weighted_mtp.training.launcher import launch
-
-    extra_env = credential_env(*(x.storage_options for x in [*models, *data, *stores]))
-    if run_id is not None and tracking_uri is not None:
-        extra_env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri})
-    launched = time.monotonic()
-    result = launch(spec, extra_env=extra_env)
-    if result.first_step_seconds is None:
-        logger.info("%s: the workers reported no training step", method)
-    else:
-        logger.info(
-            "%s: first training step %.1f s after the node started (data plan %.1f s, "
-            "worker start-up %.1f s)",
-            method,
-            launched - started + result.first_step_seconds,
-            launched - started,
-            result.first_step_seconds,
+    with job_mlflow_run(method) as (run_id, tracking_uri):
+        models = [init_model, *([reference_model] if reference_model is not None else [])]
+        data = [train_jsonl, *([valid_jsonl] if valid_jsonl is not None else [])]
+        stores = [checkpoints] if checkpoints is not None else []
+        checkpoint_dir, checkpoint_url = checkpoint_paths(checkpoints, training_runs, method)
+        spec = JobSpec(
+            method=method,
+            run_dir=str(run_dir),
+            params=params.model_dump(mode="json"),
+            runtime=runtime,
+            init_model=init_model.path,
+            reference_model=reference_model.path if reference_model is not None else None,
+            train_jsonl=train_jsonl.url,
+            valid_jsonl=valid_jsonl.url if valid_jsonl is not None else None,
+            storage_options=public_storage_options(
+                *(x.storage_options for x in [*models, *data, *stores])
+            ),
+            mlflow_tracking_uri=tracking_uri,
+            mlflow_run_id=run_id,
+            extra_metadata={
+                **lineage_metadata(method, init_model),
+                **({"reference_model": reference_model.path} if reference_model else {}),
+            },
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_url=checkpoint_url,
         )
-    logger.info("%s: finished in %.1f s; run directory %s", method, result.wall_seconds, run_dir)
-    return spec
+        plan.save(spec.plan_path)
+
+        # Imported here: the launcher is the one module that spawns processes; importing the
+        # pipelines (kedro viz, kedro jupyter) must not need it.
+        from weighted_mtp.training.launcher import launch
+
+        extra_env = credential_env(*(x.storage_options for x in [*models, *data, *stores]))
+        if run_id is not None and tracking_uri is not None:
+            extra_env.update({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri})
+        launched = time.monotonic()
+        result = launch(spec, extra_env=extra_env)
+        if result.first_step_seconds is None:
+            logger.info("%s: the workers reported no training step", method)
+        else:
+            logger.info(
+                "%s: first training step %.1f s after the node started (data plan %.1f s, "
+                "worker start-up %.1f s)",
+                method,
+                launched - started + result.first_step_seconds,
+                launched - started,
+                result.first_step_seconds,
+            )
+        logger.info(
+            "%s: finished in %.1f s; run directory %s", method, result.wall_seconds, run_dir
+        )
+        return spec
 
 
 def train_policy(

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["baseline", "critic", "verifiable", "rho1", "reference"]
+Method = Literal["baseline", "critic", "verifiable", "rho1", "reference", "pretrain"]
 METHODS: tuple[str, ...] = ("baseline", "critic", "verifiable", "rho1")
 
 
@@ -86,6 +86,19 @@ class BaselineParams(TrainingParams):
     """``baseline``: uniform MTP loss on correct solutions."""
 
 
+class PretrainParams(TrainingParams):
+    """``micro_models.pretraining``: the micro base model's own pretraining (the embedded
+    default's stand-in for the code pretraining a released 7B_1T_4 went through).
+
+    Uniform MTP loss on every training row, correct or not, as they come
+    (``correct_fraction: null``), the way a code LM sees unfiltered code; a number draws that
+    share of correct rows instead. ``enabled: false`` keeps the random initialisation.
+    """
+
+    enabled: bool = True
+    correct_fraction: float | None = Field(None, ge=0, le=1)
+
+
 class CriticParams(TrainingParams):
     """``critic``: value head only (trunk frozen), stage-1 balanced sample."""
 
@@ -148,4 +161,5 @@ PARAMS_BY_METHOD: dict[str, type[TrainingParams]] = {
     "verifiable": VerifiableParams,
     "rho1": Rho1Params,
     "reference": ReferenceTuningParams,
+    "pretrain": PretrainParams,
 }

@@ -31,6 +31,7 @@ from weighted_mtp.data.sampling import (
 )
 from weighted_mtp.training.config import (
     CriticParams,
+    PretrainParams,
     TrainingParams,
     VerifiableParams,
 )
@@ -121,6 +122,14 @@ def _draw(
             correct_fraction=cur.correct_fraction,
         )
         return sample_curriculum(metadata, n, seed=seed, config=config, on_shortfall="shrink")
+    if method == "pretrain":
+        assert isinstance(params, PretrainParams)
+        if params.correct_fraction is None:
+            rows = metadata["row"].to_numpy(np.int64)
+            return np.random.default_rng(seed).permutation(rows)[:n]
+        return sample_balanced(
+            metadata, n, seed=seed, correct_fraction=params.correct_fraction, on_shortfall="shrink"
+        )
     return sample_correct(metadata, n, seed=seed, on_shortfall="shrink")
 
 

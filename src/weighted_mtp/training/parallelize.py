@@ -26,7 +26,7 @@ def parallelize(
         return DistributedDataParallel(
             module,
             device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
+            forward_sync_buffers=False,
         )
     if strategy == "fsdp":
         mp = None

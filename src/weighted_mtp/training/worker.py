@@ -67,7 +67,7 @@ def _checked_tokenizer(proto: bytes, source: str, vocab_size: int) -> Tokenizer:
 
 def _build_method(spec: JobSpec, world: WorldInfo, vocab_size: int) -> Method:
     params = spec.training_params()
-    if spec.method in ("baseline", "reference"):
+    if spec.method in ("baseline", "reference", "pretrain"):
         return BaselineMethod()
     if spec.method == "critic":
         return CriticMethod()

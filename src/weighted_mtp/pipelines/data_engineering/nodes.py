@@ -1,14 +1,13 @@
 """Nodes of the data_engineering pipeline: raw rows in, training-ready data out.
 
 Each node is a short call into :mod:`weighted_mtp.data`; the catalog reads and writes every
-file. Parameters arrive as the dataclasses below (Kedro builds them from
+file. Parameters arrive as the pydantic models of :mod:`.params` (Kedro builds them from
 ``conf/base/parameters_data_engineering.yml`` and validates them before anything runs).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -21,101 +20,20 @@ from weighted_mtp.data.manifest import (
     entry_for_records,
     entry_for_table,
 )
-from weighted_mtp.data.mbpp import STANDARD_SPLITS, convert_mbpp
+from weighted_mtp.data.mbpp import convert_mbpp
 from weighted_mtp.data.metadata import build_metadata, normalise_metadata_table
 from weighted_mtp.data.synthetic import generate_codecontests_rows
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.data.tokenizer_training import build_tokenizer
+from weighted_mtp.pipelines.data_engineering.params import (
+    ConversionParams,
+    SyntheticParams,
+    TokenizerParams,
+)
 
 logger = logging.getLogger(__name__)
 
 Records = list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class SyntheticParams:
-    """Sizes of the synthetic CodeContests splits (the offline stand-in for the real dataset)."""
-
-    n_train_tasks: int = 200
-    n_valid_tasks: int = 40
-    n_test_tasks: int = 40
-    seed: int = 1234
-
-
-@dataclass(frozen=True)
-class ConversionParams:
-    """How raw rows are converted.
-
-    Attributes:
-        on_bad_record: ``raise`` stops at the first bad row; ``quarantine`` writes bad rows to
-            the quarantine JSONL and goes on.
-        enum_numbering: CodeContests ``source``/``difficulty`` numbering: ``auto``, ``hf`` or
-            ``proto`` (see :mod:`weighted_mtp.data.codecontests`).
-        max_solutions_per_task: cap on correct and on incorrect Python 3 solutions per
-            CodeContests task; null keeps all.
-        mbpp_splits: MBPP split name -> inclusive ``[first, last]`` task_id.
-    """
-
-    on_bad_record: str = "raise"
-    enum_numbering: str = "auto"
-    max_solutions_per_task: int | None = None
-    mbpp_splits: dict[str, list[int]] = field(
-        default_factory=lambda: {k: list(v) for k, v in STANDARD_SPLITS.items()}
-    )
-
-
-# Substrings of fsspec option names that hold secrets: parameters are logged to MLflow.
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-
-
-def _secret_options(options: dict[str, Any], prefix: str) -> list[str]:
-    found = []
-    for name, value in options.items():
-        if any(word in name.lower() for word in _SECRET_WORDS):
-            found.append(f"{prefix}.{name}")
-        elif isinstance(value, dict):
-            found.extend(_secret_options(value, f"{prefix}.{name}"))
-    return found
-
-
-@dataclass(frozen=True)
-class TokenizerParams:
-    """The tokenizer: trained on the training records, or a pretrained model's own file.
-
-    Attributes:
-        vocab_size: target size of a trained tokenizer.
-        pretrained_path: a ``tokenizer.model`` (path or fsspec URL, e.g. the base model
-            directory's on ``s3://``) to use instead of training: the models are trained and
-            evaluated with their own tokenizer, so the metadata's token counts must use it too.
-        storage_options: fsspec options for ``pretrained_path`` without secrets (e.g.
-            ``client_kwargs: {endpoint_url: ...}``; S3 credentials come from the environment
-            or boto's chain, as for the training workers, and botocore reads
-            ``AWS_ENDPOINT_URL_S3`` itself).
-        model_type: ``bpe`` or ``unigram``.
-        space_runs: runs of this many spaces become single pieces.
-        num_threads: SentencePiece trainer threads (1: identical output run to run).
-
-    Raises:
-        ValueError: ``storage_options`` holds a secret (parameters are logged to MLflow).
-    """
-
-    vocab_size: int = 1024
-    pretrained_path: str | None = None
-    storage_options: dict[str, Any] | None = None
-    model_type: str = "bpe"
-    space_runs: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
-    num_threads: int = 1
-
-    def __post_init__(self) -> None:
-        secrets = _secret_options(
-            dict(self.storage_options or {}), "data_engineering.tokenizer.storage_options"
-        )
-        if secrets:
-            raise ValueError(
-                f"{', '.join(secrets)}: parameters are logged to MLflow, so they must not hold "
-                "credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in "
-                "the environment instead"
-            )
 
 
 def generate_synthetic_codecontests(params: SyntheticParams) -> tuple[Records, Records, Records]:

@@ -8,8 +8,8 @@ from weighted_mtp.pipelines.data_engineering import nodes
 
 #: Training JSONL -> its metadata table.
 TRAINING_FILES = {
-    "codecontests_train_jsonl": "codecontests_train_metadata",
-    "codecontests_valid_jsonl": "codecontests_valid_metadata",
+    "codecontests_train_jsonl@records": "codecontests_train_metadata",
+    "codecontests_valid_jsonl@records": "codecontests_valid_metadata",
     "mbpp_train_jsonl": "mbpp_train_metadata",
     "mbpp_valid_jsonl": "mbpp_valid_metadata",
 }
@@ -43,7 +43,11 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 nodes.convert_codecontests_training,
                 ["codecontests_raw_train", "codecontests_raw_valid", CONVERSION],
-                ["codecontests_train_jsonl", "codecontests_valid_jsonl", "quarantine_codecontests"],
+                [
+                    "codecontests_train_jsonl@records",
+                    "codecontests_valid_jsonl@records",
+                    "quarantine_codecontests",
+                ],
                 name="convert_codecontests_training",
             ),
             Node(
@@ -84,7 +88,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 nodes.train_tokenizer,
                 [
-                    "codecontests_train_jsonl",
+                    "codecontests_train_jsonl@records",
                     "mbpp_train_jsonl",
                     "params:data_engineering.tokenizer",
                 ],
@@ -102,7 +106,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.build_data_manifest,
-                {name: name for name in MANIFEST_INPUTS},
+                # Keyed by the dataset's name without its transcoding suffix (``@records``).
+                {name.split("@")[0]: name for name in MANIFEST_INPUTS},
                 "data_manifest",
                 name="build_data_manifest",
             ),

@@ -1,102 +1,47 @@
 """Evaluation nodes: pick problems, generate, execute, score, compare, report.
 
 Thin glue between catalog entries and ``weighted_mtp.evaluation``; the typed parameters
-(:class:`EvaluationParams`) are built and validated by Kedro from ``params:evaluation``
-before anything runs.
+(:class:`~weighted_mtp.pipelines.evaluation.params.EvaluationParams`) are built and
+validated by Kedro from ``params:evaluation`` before anything runs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from weighted_mtp.data.tokenizer import Tokenizer
-from weighted_mtp.evaluation.execution import SandboxLimits, check_completions
-from weighted_mtp.evaluation.problems import validate_problem
-from weighted_mtp.evaluation.prompts import (
-    DEFAULT_FORMATS,
-    PromptFormat,
-    SamplingSettings,
-    complete_problems,
+from weighted_mtp.evaluation.comparison import (
+    CONFIDENCE,
+    INTERVAL_METHOD,
+    PRIMARY_DATASET,
+    PRIMARY_K,
+    Verdict,
+    compare,
+    per_problem_values,
 )
+from weighted_mtp.evaluation.execution import check_completions
+from weighted_mtp.evaluation.problems import validate_problem
+from weighted_mtp.evaluation.prompts import complete_problems
 from weighted_mtp.evaluation.report import (
     REFERENCE_MODEL,
     figure_png,
+    is_missing,
     plot_pass_at_k,
+    plot_training_curves,
     render_html,
     tidy_table,
 )
 from weighted_mtp.evaluation.scoring import summarise
 from weighted_mtp.model_io.loading import ModelDirectory
 from weighted_mtp.model_io.tokenizer_check import check_model_tokenizer
+from weighted_mtp.pipelines.evaluation.params import EvaluationParams
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DatasetParams:
-    """One evaluation dataset: how many problems (None: all) and its prompt format."""
-
-    max_problems: int | None = None
-    prompt: PromptFormat | None = None
-
-
-@dataclass
-class ExecutionParams:
-    """Sandbox: programs run ``workers`` at a time under ``limits`` (SandboxLimits fields)."""
-
-    workers: int = 2
-    limits: SandboxLimits = field(default_factory=SandboxLimits)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.limits, Mapping):
-            self.limits = SandboxLimits(**self.limits)
-
-
-@dataclass
-class EvaluationParams:
-    """``params:evaluation`` (conf/base/parameters_evaluation.yml)."""
-
-    models: list[str]
-    datasets: dict[str, DatasetParams]
-    generation: SamplingSettings = field(default_factory=SamplingSettings)
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    execution: ExecutionParams = field(default_factory=ExecutionParams)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.generation, Mapping):
-            self.generation = SamplingSettings(**self.generation)
-        if isinstance(self.execution, Mapping):
-            self.execution = ExecutionParams(**self.execution)
-        datasets = {}
-        for name, raw in (self.datasets or {}).items():
-            if isinstance(raw, DatasetParams):
-                datasets[name] = raw
-                continue
-            raw = dict(raw or {})
-            prompt = raw.pop("prompt", None)
-            fmt = (
-                PromptFormat.from_params(prompt, where=f"evaluation.datasets.{name}.prompt")
-                if prompt is not None
-                else DEFAULT_FORMATS.get(name, PromptFormat("instruction"))
-            )
-            datasets[name] = DatasetParams(prompt=fmt, **raw)
-        self.datasets = datasets
-        if not self.datasets:
-            raise ValueError("evaluation.datasets: name at least one dataset")
-        if not self.ks or any(int(k) < 1 for k in self.ks):
-            raise ValueError(f"evaluation.ks must be positive integers, got {self.ks!r}")
-        if REFERENCE_MODEL in self.models:
-            raise ValueError(f"evaluation.models: {REFERENCE_MODEL!r} is reserved")
-
-    @property
-    def formats(self) -> dict[str, PromptFormat]:
-        return {name: d.prompt or PromptFormat() for name, d in self.datasets.items()}
 
 
 def select_problems(
@@ -227,14 +172,36 @@ def summarise_model(
     return {"summary": summary, "generation": generation_stats}
 
 
+def _verdict(params: EvaluationParams, model_results: Mapping[str, dict[str, Any]]) -> Verdict:
+    per_problem = {
+        m: per_problem_values(model_results[m]["summary"], PRIMARY_DATASET, PRIMARY_K)
+        for m in params.models
+    }
+    if not any(per_problem.values()):
+        return Verdict(
+            PRIMARY_DATASET,
+            PRIMARY_K,
+            {},
+            None,
+            text=(
+                f"No verdict: the primary metric, {PRIMARY_DATASET} pass@{PRIMARY_K}, was not "
+                f"measured (add {PRIMARY_DATASET} to evaluation.datasets)."
+            ),
+        )
+    return compare(per_problem, dataset=PRIMARY_DATASET, k=PRIMARY_K)
+
+
 def compare_models(
     canonical: dict[str, Any], params: EvaluationParams, **model_results: dict[str, Any]
 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, float]]]:
-    """Collect every model's result and the canonical reference.
+    """Collect every model's result and the canonical reference, with intervals and the
+    verdict on the primary metric (:mod:`weighted_mtp.evaluation.comparison`).
 
-    Returns the results document (JSON), the tidy pass@k table and the MLflow metrics
-    ``{"<model>.<dataset>.pass_at_<k>": {"value", "step"}}`` (plus mean generated tokens and,
-    with speculative decoding, acceptance rate and tokens per forward).
+    Returns the results document (JSON: ``models``, ``table``, ``verdict``), the tidy pass@k
+    table (with ``ci_low``, ``ci_high``, ``n_problems``, ``n_samples``) and the MLflow
+    metrics ``{"<model>.<dataset>.pass_at_<k>": {"value", "step"}}``, per difficulty
+    ``<model>.<dataset>.difficulty_<d>.pass_at_<k>`` (plus mean generated tokens and, with
+    speculative decoding, acceptance rate and tokens per forward).
     """
     if set(model_results) != set(params.models):
         raise ValueError(
@@ -247,27 +214,86 @@ def compare_models(
     rows = tidy_table(results)
     metrics: dict[str, dict[str, float]] = {}
     for row in rows:
-        if row["difficulty"] is None:
-            key = f"{row['model']}.{row['dataset']}.pass_at_{row['k']}"
-            metrics[key] = {"value": float(row["pass_at_k"]), "step": 0}
+        level = "" if is_missing(row["difficulty"]) else f".difficulty_{row['difficulty']}"
+        key = f"{row['model']}.{row['dataset']}{level}.pass_at_{row['k']}"
+        metrics[key] = {"value": float(row["pass_at_k"]), "step": 0}
     for model in params.models:
         for dataset, stats in model_results[model]["generation"].get("per_dataset", {}).items():
             for name in ("mean_generated_tokens", "acceptance_rate", "tokens_per_forward"):
                 if name in stats:
                     metrics[f"{model}.{dataset}.{name}"] = {"value": float(stats[name]), "step": 0}
-    document = {"ks": list(params.ks), "models": results, "table": rows}
+    verdict = _verdict(params, model_results)
+    logger.info("verdict: %s", verdict.text)
+    document = {
+        "ks": list(params.ks),
+        "models": results,
+        "table": rows,
+        "verdict": verdict.to_dict(),
+    }
     return document, pd.DataFrame(rows), metrics
 
 
-def render_report(results: dict[str, Any]) -> tuple[Figure, str]:
-    """The pass@k bar chart (canonical solutions as the upper reference) and the HTML page."""
+#: Function-completion datasets a model trained only on stdin/stdout programs has never seen.
+FUNCTION_COMPLETION_DATASETS = ("humaneval", "mbpp")
+NEAR_ZERO = 0.05
+
+
+def _notes(results: dict[str, Any], histories: Mapping[str, pd.DataFrame]) -> list[str]:
     models = results["models"]
-    figure = plot_pass_at_k(results["table"])
+    evaluated = [m for m in models if m != REFERENCE_MODEL]
     notes = [
-        f"models: {', '.join(m for m in models if m != REFERENCE_MODEL)}; "
-        f"'{REFERENCE_MODEL}' = the datasets' reference solutions through the same sandbox"
+        f"models: {', '.join(evaluated)}; '{REFERENCE_MODEL}' = the datasets' reference "
+        "solutions through the same sandbox (one per problem: pass@1 only)",
+        f"intervals: {int(CONFIDENCE * 100)}% {INTERVAL_METHOD}; counts of problems and "
+        "samples are under each dataset in the chart and in the tables",
     ]
+    near_zero = [
+        d
+        for d in FUNCTION_COMPLETION_DATASETS
+        if all(
+            models[m]["summary"]["per_dataset"].get(d, {}).get("pass@1", 1.0) <= NEAR_ZERO
+            for m in evaluated
+        )
+        and any(d in models[m]["summary"]["per_dataset"] for m in evaluated)
+    ]
+    if near_zero and evaluated:
+        notes.append(
+            f"{' and '.join(near_zero)}: pass@1 <= {NEAR_ZERO} for every model. Expected for "
+            "the embedded default: its micro models are trained only on CodeContests-style "
+            "stdin/stdout programs and have never seen a function-completion prompt; "
+            f"{PRIMARY_DATASET} pass@{PRIMARY_K} is the primary metric."
+        )
+    if "base_model" in evaluated and all(
+        group.get("pass@1", 0.0) == 0.0
+        for group in models["base_model"]["summary"]["per_dataset"].values()
+    ):
+        notes.append(
+            "base_model solves nothing: it is the starting point of every method (in the "
+            "embedded default a randomly initialised micro model), so its zeros are expected."
+        )
+    if "critic" in histories:
+        notes.append(
+            "training curves: critic trains only the value head (its loss is a value MSE, "
+            "drawn in the value panel); the held-out MTP loss is the comparable curve"
+        )
     failed = models[REFERENCE_MODEL].get("failed_tasks") or []
     if failed:
         notes.append(f"HARNESS ERROR: canonical solutions failing: {', '.join(failed[:10])}")
-    return figure, render_html(models, figure_png(figure), notes=notes)
+    return notes
+
+
+def render_report(results: dict[str, Any], **histories: pd.DataFrame) -> tuple[Figure, Figure, str]:
+    """The pass@k chart (intervals; canonical solutions where measured), the training curves
+    of ``histories`` (``{method: <method>_training_history}``) and the HTML page with the
+    verdict."""
+    pass_at_k = plot_pass_at_k(results["table"])
+    training = plot_training_curves(histories)
+    verdict = (results.get("verdict") or {}).get("text")
+    page = render_html(
+        results["models"],
+        figure_png(pass_at_k),
+        notes=_notes(results, histories),
+        verdict=verdict,
+        training_png=figure_png(training),
+    )
+    return pass_at_k, training, page

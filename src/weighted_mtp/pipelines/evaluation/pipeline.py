@@ -6,8 +6,12 @@ loads parameters. So ``create_pipeline`` takes the model names from ``evaluation
 the project's parameters when the pipeline is created (base, overlaid by the environment the
 session was started with: ``--env``, recorded by ``weighted_mtp.hooks.SessionEnvironmentHook``,
 or ``KEDRO_ENV`` outside a session), or from ``create_pipeline(models=[...])``;
-``compare_models`` then checks at run time that the loaded ``params:evaluation`` agrees. Adding ``verifiable_model`` to that
-list adds a sub-pipeline ``verifiable_model.*`` and a bar to the report, with no code change.
+``compare_models`` then checks at run time that the loaded ``params:evaluation`` agrees.
+Adding ``verifiable_model`` to that list adds a sub-pipeline ``verifiable_model.*``, a bar to
+the report and the critic's and verifiable's training curves (:data:`TRAINING_HISTORIES`),
+with no code change. Those histories are inputs of the report: ``kedro run --pipeline
+evaluation`` alone needs the trainings of the evaluated models done (the prerequisites hook
+stops the run at once otherwise, naming the pipeline to run first).
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ from weighted_mtp.pipelines.evaluation.nodes import (
 )
 
 DEFAULT_MODELS = ("base_model",)
+#: The training histories the report draws beside an evaluated model: the jobs that made it
+#: (verifiable starts from the critic, so the critic's value loss belongs to it). Each is a
+#: required input (``<method>_training_history``): the default run writes them before the
+#: evaluation, and ``kedro run --pipeline evaluation`` alone needs those trainings done. A
+#: model not named here (base_model, a model from elsewhere) brings no history.
+TRAINING_HISTORIES = {
+    "baseline_model": ("baseline",),
+    "verifiable_model": ("critic", "verifiable"),
+    "rho1_model": ("rho1",),
+}
 # Evaluation-problem catalog entries, by the dataset name used in evaluation.datasets.
 PROBLEM_SETS = {
     "humaneval": "eval_problems_humaneval",
@@ -117,9 +131,12 @@ def model_pipeline() -> Pipeline:
 
 def create_pipeline(models: Sequence[str] | None = None, **kwargs: object) -> Pipeline:
     """Problems -> canonical check; per model: generate -> execute -> summarise; then the
-    comparison, metrics and report. ``models``: catalog names (default
-    :func:`configured_models`)."""
+    comparison, metrics and report (with the training histories of :data:`TRAINING_HISTORIES`).
+    ``models``: catalog names (default :func:`configured_models`)."""
     models = list(models) if models is not None else configured_models()
+    histories = list(
+        dict.fromkeys(method for name in models for method in TRAINING_HISTORIES.get(name, ()))
+    )
     shared = Pipeline(
         [
             Node(
@@ -169,8 +186,15 @@ def create_pipeline(models: Sequence[str] | None = None, **kwargs: object) -> Pi
             ),
             Node(
                 render_report,
-                inputs="evaluation_results",
-                outputs=["evaluation_report_png", "evaluation_report_html"],
+                inputs={
+                    "results": "evaluation_results",
+                    **{method: f"{method}_training_history" for method in histories},
+                },
+                outputs=[
+                    "evaluation_report_png",
+                    "evaluation_training_png",
+                    "evaluation_report_html",
+                ],
                 name="render_evaluation_report",
             ),
         ]

@@ -1,55 +1,30 @@
 """Nodes of the micro_models pipeline: build randomly initialised micro models sized to the
-tokenizer's vocabulary. Parameters arrive as the dataclasses below (Kedro builds them from
-``conf/base/parameters_micro_models.yml`` and validates them before anything runs).
+tokenizer's vocabulary and pretrain the MTP one into the embedded default's base model. Parameters arrive as the pydantic models of :mod:`.params` (Kedro
+builds them from ``conf/base/parameters_micro_models.yml`` and validates them before anything
+runs).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Any
 
+import pandas as pd
 from torch import nn
 
 from weighted_mtp.data.tokenizer import Tokenizer
+from weighted_mtp.model_io.loading import ModelDirectory
 from weighted_mtp.model_io.micro import build_micro_mtp, build_micro_reference
 from weighted_mtp.model_io.model_dir import ModelDirectoryContents
 from weighted_mtp.models.args import ModelArgs
+from weighted_mtp.pipelines.micro_models.params import MicroMTPParams, MicroReferenceParams
+from weighted_mtp.pipelines.training_nodes import train_policy
+from weighted_mtp.training.config import PretrainParams
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class MicroMTPParams:
-    """Architecture of the micro MTP policy (``ModelArgs`` fields but the vocabulary, which
-    comes from the tokenizer), its init seed and stored dtype."""
-
-    dim: int = 256
-    n_layers: int = 6
-    n_heads: int = 8
-    n_kv_heads: int | None = None
-    n_future_tokens: int = 4
-    multiple_of: int = 64
-    ffn_dim_multiplier: float | None = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    max_seq_len: int = 1024
-    seed: int = 0
-    dtype: str = "float32"
-
-
-@dataclass(frozen=True)
-class MicroReferenceParams:
-    """Architecture of the micro Rho-1 reference (a ``LlamaForCausalLM``) and its init seed."""
-
-    dim: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    intermediate_size: int | None = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    max_seq_len: int = 1024
-    seed: int = 1
+#: ``JobSpec.method`` of the micro base model's pretraining job.
+PRETRAIN_METHOD = "pretrain"
 
 
 def build_micro_mtp_model(tokenizer: Tokenizer, params: MicroMTPParams) -> ModelDirectoryContents:
@@ -112,3 +87,23 @@ def build_micro_reference_model(
         tokenizer.vocab_size,
     )
     return model, tokenizer
+
+
+def pretrain_micro_model(
+    params: PretrainParams, *, init_model: ModelDirectory, **inputs: Any
+) -> tuple[ModelDirectory, pd.DataFrame]:
+    """Pretrain the random micro MTP model into the embedded default's ``base_model``.
+
+    A released 7B_1T_4 has read a great deal of code before anyone fine-tunes it; a random
+    micro model has read nothing, and every method compared downstream (above all the critic,
+    whose value head reads a frozen trunk) assumes a trunk that already models code. This is
+    one training job like the methods' (same launcher, loop and loss: uniform MTP), on the
+    training split's rows as they come, correct or not, the way a code LM sees unfiltered code.
+    With ``enabled: false`` the random model is the base model as it is.
+    """
+    if not params.enabled:
+        logger.info(
+            "micro-mtp pretraining disabled: %s is the base model as it is", init_model.path
+        )
+        return init_model, pd.DataFrame()
+    return train_policy(PRETRAIN_METHOD, params, init_model=init_model, **inputs)
