@@ -33,19 +33,25 @@ def one(i: int) -> tuple[int, bool]:
     return i, result.returncode == 1 and result.stderr.strip().endswith(f"KeyError: {i}")
 
 
+def children_of_this_process() -> set[str]:
+    children: set[str] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as handle:
+                children.update(handle.read().split())
+        except FileNotFoundError:
+            continue  # a thread (of the pool or pytest) that ended since the listing
+    return children
+
+
 @pytest.mark.slow
 def test_hundreds_of_programs_from_32_threads() -> None:
+    # Session fixtures (moto_server, the MLflow server) are children of pytest too.
+    before = children_of_this_process()
     count = 300
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(one, range(count)))
     wrong = [i for i, ok in results if not ok]
     assert wrong == []
     assert sandbox.lasting_orphans() == []
-    children = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as handle:
-                children += handle.read().split()
-        except FileNotFoundError:
-            continue  # a thread (of the pool or pytest) that ended since the listing
-    assert children == []  # every supervisor was reaped
+    assert children_of_this_process() - before == set()  # every supervisor was reaped
