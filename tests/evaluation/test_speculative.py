@@ -146,3 +146,31 @@ def test_generic_model_path_gives_the_same_result_and_stats():
         assert spec.token_ids == [(6 + i) % 32 for i in range(30)]
         # The prompt's guesses (heads 1, 2 right) are accepted: 3 tokens after the prompt's.
         assert stats.n_forwards < 30 / 2.5
+
+
+def test_heads_run_at_the_accepted_offset_only_and_draft_as_the_full_forward(monkeypatch):
+    """The MTPTransformer path runs heads 1.. on the accepted offsets alone (their keys/values
+    and the last one's block); its drafts must equal the full forward's at every step, so a
+    head cache left wrong by a partial acceptance would show here, not only in the speed."""
+    from weighted_mtp.evaluation import speculative
+
+    torch.manual_seed(3)
+    # A small vocabulary makes random guesses agree often: partial acceptances of every length.
+    net = MTPTransformer(debug_args(vocab_size=3, max_seq_len=128)).double().eval()
+    net.init_weights(std=0.3)
+    real_verify = speculative.verify
+    steps: dict[str, list] = {"fast": [], "generic": []}
+
+    for name, model in (("fast", net), ("generic", ForwardOnly(net))):
+
+        def recording(*args, name=name, **kwargs):
+            out = real_verify(*args, **kwargs)
+            steps[name].append(out)
+            return out
+
+        monkeypatch.setattr(speculative, "verify", recording)
+        for prompt in ([0, 1, 2, 1], [2], [1, 1, 0, 2, 2, 0, 1]):
+            speculative_generate(model, prompt, max_new_tokens=40)
+    assert steps["fast"] == steps["generic"]
+    accepted = [len(verified) - 1 for verified, _ in steps["fast"]]
+    assert {0, 1, 2, 3} <= set(accepted)  # every acceptance length was exercised

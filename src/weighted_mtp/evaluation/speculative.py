@@ -95,6 +95,53 @@ def _prompt_guesses(model: nn.Module, tokens: torch.Tensor, cache: object) -> to
     return model.output(last).argmax(-1)  # last: [n_heads, dim]
 
 
+def _accepted(drafts: Sequence[int], greedy: Sequence[int]) -> int:
+    """How many leading ``drafts`` agree with head 0's greedy tokens after each of them."""
+    accepted = 0
+    while accepted < len(drafts) and drafts[accepted] == greedy[accepted]:
+        accepted += 1
+    return accepted
+
+
+def verify(
+    model: nn.Module,
+    block: torch.Tensor,
+    start_pos: int,
+    cache: object,
+    drafts: Sequence[int],
+    n_draft: int,
+) -> tuple[list[int], list[int]]:
+    """One verification forward of ``block = [[last committed, *drafts]]`` at cache slot
+    ``start_pos`` -> ``(tokens to commit, next drafts)``.
+
+    The tokens to commit are the accepted drafts and head 0's token after them; the next drafts
+    are heads 1..n_draft at the last accepted offset.
+
+    Heads 1.. matter at that one offset only, which head 0 decides. So on an
+    :class:`MTPTransformer` the trunk and head 0 run on the whole block, and heads 1.. then run
+    as on a prompt (``head_prefill``): keys/values for the accepted offsets, the block and the
+    unembedding at the last. The full forward of every head on every offset (the generic path,
+    for other models) unembeds ``n_heads`` times as many rows, most of them thrown away.
+    """
+    if not isinstance(model, MTPTransformer):
+        logits = model(block, start_pos=start_pos, cache=cache, return_all_heads=True)
+        best = logits[0].argmax(-1).tolist()  # [1 + len(drafts), n_heads]
+        accepted = _accepted(drafts, [row[0] for row in best])
+        return [*drafts[:accepted], best[accepted][0]], best[accepted][1 : 1 + n_draft]
+    ctx = model.attention_context(1, block.shape[1], start_pos=start_pos, cache=cache)  # type: ignore[arg-type]
+    trunk = model.trunk_forward(block, ctx=ctx)
+    greedy = model.output(model.head_forward(0, trunk, ctx=ctx))[0].argmax(-1).tolist()
+    accepted = _accepted(drafts, greedy)
+    verified = [*drafts[:accepted], greedy[accepted]]
+    if n_draft == 0:
+        return verified, []
+    kept = ctx.first(accepted + 1)
+    last = torch.cat(
+        [model.head_prefill(k, trunk[:, : accepted + 1], kept) for k in range(1, 1 + n_draft)]
+    )
+    return verified, model.output(last).argmax(-1).tolist()
+
+
 @torch.no_grad()
 def speculative_generate(
     model: nn.Module,
@@ -144,23 +191,20 @@ def speculative_generate(
     while reason is None and len(committed) < max_new_tokens:
         drafts = drafts[: max_new_tokens - len(committed)]
         block = torch.tensor([[committed[-1], *drafts]], dtype=torch.long, device=device)
-        logits = model(block, start_pos=filled, cache=cache, return_all_heads=True)
+        verified, next_drafts = verify(model, block, filled, cache, drafts, n_draft)
         stats.n_forwards += 1
-        best = logits[0].argmax(-1).tolist()  # [1 + len(drafts), n_heads]
-        accepted = 0
-        while accepted < len(drafts) and drafts[accepted] == best[accepted][0]:
-            accepted += 1
+        accepted = len(verified) - 1
         stats.n_drafted += len(drafts)
         stats.n_accepted += accepted
         # Commit one token at a time so that EOS or a stop sequence inside the accepted run
         # ends the completion exactly where plain greedy decoding would.
-        for token in [*drafts[:accepted], best[accepted][0]]:
+        for token in verified:
             committed.append(token)
             reason = _finished(committed, eos_id, decode, stop)
             if reason is not None or len(committed) >= max_new_tokens:
                 break
         filled += 1 + accepted
-        drafts = best[accepted][1 : 1 + n_draft]
+        drafts = next_drafts
 
     ids = committed[:max_new_tokens]
     if reason == "eos":
