@@ -210,7 +210,7 @@ def main() -> None:
         greedy_s += best_of(lambda p=p: generate(model, [p], **options))
         spec_s += best_of(lambda p=p: speculative_generate(model, p, **options))
         # The prompt's forward alone (one token generated): the part speculation cannot
-        # shorten, and where it runs three more head blocks than greedy decoding.
+        # shorten, and where it writes three more heads' keys/values than greedy decoding.
         greedy_prompt_s += best_of(lambda p=p: generate(model, [p], max_new_tokens=1))
         spec_prompt_s += best_of(lambda p=p: speculative_generate(model, p, max_new_tokens=1))
 

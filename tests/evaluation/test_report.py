@@ -10,7 +10,7 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from weighted_mtp.evaluation.comparison import bootstrap_interval
+from weighted_mtp.evaluation.comparison import bootstrap_interval, compare, per_problem_values
 from weighted_mtp.evaluation.report import (
     figure_png,
     overview_table,
@@ -209,3 +209,23 @@ def test_html_contains_the_tables_and_the_embedded_chart():
         assert text in page
     assert "<td>0.250</td>" in page and "<td>0.625</td>" in page and "<td>1.000</td>" in page
     assert "bootstrap over problems" in page
+
+
+def test_table_interval_is_the_verdicts_whatever_the_problem_order():
+    """The CSV's interval and the verdict's are one computation: a summary whose problems come
+    in another order (the scorer's order, not the task ids') gives the same numbers."""
+    problems = {
+        f"cc/{i}": {"task_id": f"cc/{i}", "dataset": "cc", "difficulty": 1} for i in range(30)
+    }
+    shuffled = dict(sorted(problems.items(), key=lambda item: (int(item[0][3:]) * 7) % 30))
+    # Uneven pass fractions (1/3, 2/7, ...) so that resampled means rarely tie.
+    passes = {t: [j < int(t[3:]) % 4 for j in range(3 + int(t[3:]) % 5)] for t in shuffled}
+    summary = summarise(shuffled, verdicts(passes), ks=(1,))
+    results = {"m": {"summary": summary, "generation": {}}}
+    [row] = [r for r in tidy_table(results) if r["difficulty"] is None]
+    verdict = compare({"m": per_problem_values(summary, "cc", 1)}, dataset="cc", k=1)
+    assert (row["ci_low"], row["ci_high"]) == (
+        verdict.estimates["m"].low,
+        verdict.estimates["m"].high,
+    )
+    assert row["ci_low"] < row["pass_at_k"] < row["ci_high"]

@@ -148,10 +148,10 @@ def test_generic_model_path_gives_the_same_result_and_stats():
         assert stats.n_forwards < 30 / 2.5
 
 
-def test_heads_run_at_the_accepted_offset_only_and_draft_as_the_full_forward(monkeypatch):
-    """The MTPTransformer path runs heads 1.. on the accepted offsets alone (their keys/values
-    and the last one's block); its drafts must equal the full forward's at every step, so a
-    head cache left wrong by a partial acceptance would show here, not only in the speed."""
+def test_stacked_heads_verify_and_draft_as_the_full_forward(monkeypatch):
+    """The MTPTransformer path runs the heads as one batched block with their own cache; what
+    it commits and drafts must equal the model's full forward at every step, so a head cache
+    left wrong by a partial acceptance would show here, not only in the speed."""
     from weighted_mtp.evaluation import speculative
 
     torch.manual_seed(3)

@@ -27,6 +27,8 @@ from torch import nn
 from weighted_mtp.data.prompt import format_prompt
 from weighted_mtp.evaluation.generation import generate_samples
 from weighted_mtp.evaluation.speculative import SpeculativeStats, speculative_generate
+from weighted_mtp.evaluation.stacked_heads import StackedHeads
+from weighted_mtp.models.transformer import MTPTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +263,10 @@ def _speculative(
     total = SpeculativeStats()
     generations = []
     budget = model.args.max_seq_len - settings.max_new_tokens
+    # The heads' stacked weights, made once for every prompt of the dataset.
+    heads = (
+        StackedHeads(model, model.n_future_tokens) if isinstance(model, MTPTransformer) else None
+    )
     for index, prompt in enumerate(prompts):
         generation, stats = speculative_generate(
             model,
@@ -269,6 +275,7 @@ def _speculative(
             eos_id=tokenizer.eos_id,
             decode=tokenizer.decode,
             stop=prompt_format.stop,
+            stacked_heads=heads,
         )
         generations.append([generation])
         total += stats

@@ -62,7 +62,9 @@ def tidy_table(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
                 else summary["per_difficulty"][dataset][difficulty]
             )
             values = per_problem_values(summary, dataset, k, difficulty)
-            low, high = bootstrap_interval(list(values.values()))
+            # In task-id order, as comparison.compare resamples them: the table's interval and
+            # the verdict's are then the same numbers for the same problems.
+            low, high = bootstrap_interval([values[t] for t in sorted(values)])
             rows.append({**row, "ci_low": low, "ci_high": high, "n_samples": group["n_samples"]})
     return rows
 

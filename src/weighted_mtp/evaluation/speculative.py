@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from weighted_mtp.evaluation.generation import Decode, Generation, truncate_at_stop
+from weighted_mtp.evaluation.stacked_heads import StackedHeads
 from weighted_mtp.models.transformer import MTPTransformer
 
 
@@ -80,19 +81,23 @@ def _finished(
     return None
 
 
-def _prompt_guesses(model: nn.Module, tokens: torch.Tensor, cache: object) -> torch.Tensor:
-    """Every head's argmax after the prompt ``tokens [1, P]`` -> ``[n_heads]``.
+def _prompt_guesses(
+    model: nn.Module, tokens: torch.Tensor, cache: object, heads: StackedHeads | None, n_draft: int
+) -> list[int]:
+    """Head 0's next token and heads 1..n_draft's guesses after the prompt ``tokens [1, P]``.
 
-    All heads run on the whole prompt so that their caches hold every position for later
-    drafts. On an :class:`MTPTransformer` the head blocks run in full and are unembedded at the
-    last position only (``head_prefill``): the other positions' logits would be thrown away.
+    Every head runs on the whole prompt so that its cache holds every position for later
+    steps. With ``heads`` (an :class:`MTPTransformer`'s, stacked) the head blocks run in full
+    at the last position only: the other positions' logits would be thrown away, their
+    keys/values are all that later positions need.
     """
-    if not isinstance(model, MTPTransformer):
-        return model(tokens, start_pos=0, cache=cache, return_all_heads=True)[0, -1].argmax(-1)
-    ctx = model.attention_context(1, tokens.shape[1], cache=cache)  # type: ignore[arg-type]
-    trunk = model.trunk_forward(tokens, ctx=ctx)
-    last = torch.cat([model.head_prefill(k, trunk, ctx) for k in range(model.n_future_tokens)])
-    return model.output(last).argmax(-1)  # last: [n_heads, dim]
+    if heads is None:
+        logits = model(tokens, start_pos=0, cache=cache, return_all_heads=True)
+        return logits[0, -1].argmax(-1).tolist()[: 1 + n_draft]
+    ctx = model.attention_context(1, tokens.shape[1], cache=cache)  # type: ignore[operator]
+    trunk = model.trunk_forward(tokens, ctx=ctx)  # type: ignore[operator]
+    hidden = heads.run(trunk, ctx, last_only=True)  # [n, 1, dim]
+    return model.output(hidden)[:, 0].argmax(-1).tolist()  # type: ignore[operator]
 
 
 def _accepted(drafts: Sequence[int], greedy: Sequence[int]) -> int:
@@ -110,36 +115,27 @@ def verify(
     cache: object,
     drafts: Sequence[int],
     n_draft: int,
+    heads: StackedHeads | None = None,
 ) -> tuple[list[int], list[int]]:
     """One verification forward of ``block = [[last committed, *drafts]]`` at cache slot
     ``start_pos`` -> ``(tokens to commit, next drafts)``.
 
     The tokens to commit are the accepted drafts and head 0's token after them; the next drafts
-    are heads 1..n_draft at the last accepted offset.
-
-    Heads 1.. matter at that one offset only, which head 0 decides. So on an
-    :class:`MTPTransformer` the trunk and head 0 run on the whole block, and heads 1.. then run
-    as on a prompt (``head_prefill``): keys/values for the accepted offsets, the block and the
-    unembedding at the last. The full forward of every head on every offset (the generic path,
-    for other models) unembeds ``n_heads`` times as many rows, most of them thrown away.
+    are heads 1..n_draft at the last accepted offset. ``heads``: the model's heads stacked
+    (:class:`StackedHeads`, for an :class:`MTPTransformer`), which run as one batched block;
+    without them, the model's forward (the contract of ``docs/contracts.md``).
     """
-    if not isinstance(model, MTPTransformer):
+    if heads is None:
         logits = model(block, start_pos=start_pos, cache=cache, return_all_heads=True)
-        best = logits[0].argmax(-1).tolist()  # [1 + len(drafts), n_heads]
-        accepted = _accepted(drafts, [row[0] for row in best])
-        return [*drafts[:accepted], best[accepted][0]], best[accepted][1 : 1 + n_draft]
-    ctx = model.attention_context(1, block.shape[1], start_pos=start_pos, cache=cache)  # type: ignore[arg-type]
-    trunk = model.trunk_forward(block, ctx=ctx)
-    greedy = model.output(model.head_forward(0, trunk, ctx=ctx))[0].argmax(-1).tolist()
-    accepted = _accepted(drafts, greedy)
-    verified = [*drafts[:accepted], greedy[accepted]]
-    if n_draft == 0:
-        return verified, []
-    kept = ctx.first(accepted + 1)
-    last = torch.cat(
-        [model.head_prefill(k, trunk[:, : accepted + 1], kept) for k in range(1, 1 + n_draft)]
-    )
-    return verified, model.output(last).argmax(-1).tolist()
+        best = logits[0].argmax(-1).t()  # [n_heads, 1 + len(drafts)]
+    else:
+        ctx = model.attention_context(1, block.shape[1], start_pos=start_pos, cache=cache)  # type: ignore[operator]
+        trunk = model.trunk_forward(block, ctx=ctx)  # type: ignore[operator]
+        best = model.output(heads.run(trunk, ctx, last_only=False)).argmax(-1)  # type: ignore[operator]
+    by_head = best[: 1 + n_draft].tolist()
+    accepted = _accepted(drafts, by_head[0])
+    verified = [*drafts[:accepted], by_head[0][accepted]]
+    return verified, [row[accepted] for row in by_head[1:]]
 
 
 @torch.no_grad()
@@ -152,6 +148,7 @@ def speculative_generate(
     decode: Decode | None = None,
     stop: Sequence[str] = (),
     n_draft: int | None = None,
+    stacked_heads: StackedHeads | None = None,
 ) -> tuple[Generation, SpeculativeStats]:
     """Greedy completion of one prompt, drafting with heads 1..n-1 and verifying with head 0.
 
@@ -162,6 +159,9 @@ def speculative_generate(
         max_new_tokens, eos_id, decode, stop: as :func:`generation.generate`; the result is
             the same :class:`Generation` plain greedy decoding returns.
         n_draft: guesses per step (default and maximum: ``n_future_tokens - 1``).
+        stacked_heads: ``StackedHeads(model, 1 + n_draft)`` built by the caller, to share it
+            across prompts (default: built here for an :class:`MTPTransformer`; other models
+            run through their forward).
 
     Returns:
         ``(generation, stats)``.
@@ -179,19 +179,25 @@ def speculative_generate(
     device = next(model.parameters()).device
     # Slots never go past prompt + max_new_tokens: the drafts fed are capped by the budget.
     cache = model.new_cache(1, len(prompt) + max_new_tokens)
+    heads = stacked_heads
+    if heads is None and isinstance(model, MTPTransformer):
+        heads = StackedHeads(model, 1 + n_draft)
+    if heads is not None:
+        if heads.n_heads != 1 + n_draft:
+            raise ValueError(f"stacked_heads has {heads.n_heads} heads, n_draft={n_draft}")
+        heads.new_cache(len(prompt) + max_new_tokens)
     tokens = torch.tensor([list(prompt)], dtype=torch.long, device=device)
-    guesses = _prompt_guesses(model, tokens, cache)
+    guesses = _prompt_guesses(model, tokens, cache, heads, n_draft)
     stats.n_forwards = 1
-    guesses_list = guesses.tolist()  # [n_heads]: head 0 = next token, heads 1.. = guesses
-    committed = [guesses_list[0]]
-    drafts = guesses_list[1 : 1 + n_draft]
+    committed = [guesses[0]]  # head 0's token is greedy's; heads 1.. guess the ones after it
+    drafts = guesses[1 : 1 + n_draft]
     filled = len(prompt)  # slots [0, filled) hold the prompt and every committed token but the last
     reason = _finished(committed, eos_id, decode, stop)
 
     while reason is None and len(committed) < max_new_tokens:
         drafts = drafts[: max_new_tokens - len(committed)]
         block = torch.tensor([[committed[-1], *drafts]], dtype=torch.long, device=device)
-        verified, next_drafts = verify(model, block, filled, cache, drafts, n_draft)
+        verified, next_drafts = verify(model, block, filled, cache, drafts, n_draft, heads)
         stats.n_forwards += 1
         accepted = len(verified) - 1
         stats.n_drafted += len(drafts)
@@ -227,6 +233,9 @@ def speculative_generate_many(
     """:func:`speculative_generate` for each prompt in turn; the stats are summed."""
     total = SpeculativeStats()
     generations = []
+    n_heads = int(model.n_future_tokens)
+    n_draft = n_heads - 1 if n_draft is None else max(0, min(n_draft, n_heads - 1))
+    heads = StackedHeads(model, 1 + n_draft) if isinstance(model, MTPTransformer) else None
     for prompt in prompts:
         generation, stats = speculative_generate(
             model,
@@ -236,6 +245,7 @@ def speculative_generate_many(
             decode=decode,
             stop=stop,
             n_draft=n_draft,
+            stacked_heads=heads,
         )
         generations.append(generation)
         total += stats

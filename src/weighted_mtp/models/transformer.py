@@ -120,20 +120,6 @@ class AttentionContext:
     start_pos: int
     cache: KVCache | None
 
-    def first(self, n: int) -> AttentionContext:
-        """The context of this call's first ``n`` queries alone (keys up to the ``n``-th),
-        e.g. for the positions a verification forward accepted."""
-        keys = self.start_pos + n
-        return AttentionContext(
-            self.cos[:, :n],
-            self.sin[:, :n],
-            None if self.rotation is None else self.rotation[:, :n],
-            None if self.mask is None else self.mask[:, :, :n, :keys],
-            self.is_causal,
-            self.start_pos,
-            self.cache,
-        )
-
 
 class Attention(nn.Module):
     """Multi-head self-attention with grouped-query heads and rotary positions."""
