@@ -2,7 +2,9 @@
 
 One pair of ``[B, n_kv_heads, max_len, head_dim]`` buffers per transformer block: the trunk
 blocks first, then the head blocks (head 0 = ``layers[-1]``, then ``extra_heads``), so that
-self-speculative decoding can run every head at drafted positions.
+``forward(return_all_heads=True)`` can run every head at drafted positions. (Self-speculative
+decoding of an :class:`MTPTransformer` keeps the heads' keys/values in
+:class:`weighted_mtp.evaluation.stacked_heads.StackedHeads` and uses this cache for the trunk.)
 
 The cache keeps no length: a call writes slots ``start_pos .. start_pos+T-1`` and reads slots
 ``[0, start_pos+T)``, so rolling back after a rejected draft is just calling again with a
