@@ -116,7 +116,14 @@ def test_single_head_model_is_plain_greedy():
 
 
 def test_stats_add_up_over_prompts(random_model):
-    gens, stats = speculative_generate_many(random_model, PROMPTS, max_new_tokens=8)
+    seen = []
+    gens, stats = speculative_generate_many(
+        random_model,
+        PROMPTS,
+        max_new_tokens=8,
+        progress=lambda done, total: seen.append((done, total.n_generated)),
+    )
+    assert seen == [(i, 8 * i) for i in range(1, len(PROMPTS) + 1)]
     assert len(gens) == len(PROMPTS)
     assert stats.n_generated == 8 * len(PROMPTS)
     assert stats.n_accepted <= stats.n_drafted

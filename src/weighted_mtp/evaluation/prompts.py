@@ -26,9 +26,7 @@ from torch import nn
 
 from weighted_mtp.data.prompt import format_prompt
 from weighted_mtp.evaluation.generation import generate_samples
-from weighted_mtp.evaluation.speculative import SpeculativeStats, speculative_generate
-from weighted_mtp.evaluation.stacked_heads import StackedHeads
-from weighted_mtp.models.transformer import MTPTransformer
+from weighted_mtp.evaluation.speculative import SpeculativeStats, speculative_generate_many
 
 logger = logging.getLogger(__name__)
 
@@ -260,32 +258,26 @@ def _speculative(
     dataset: str,
     settings: SamplingSettings,
 ) -> tuple[list[list[Any]], SpeculativeStats]:
-    total = SpeculativeStats()
-    generations = []
     budget = model.args.max_seq_len - settings.max_new_tokens
-    # The heads' stacked weights, made once for every prompt of the dataset.
-    heads = (
-        StackedHeads(model, model.n_future_tokens) if isinstance(model, MTPTransformer) else None
-    )
-    for index, prompt in enumerate(prompts):
-        generation, stats = speculative_generate(
-            model,
-            prompt[-budget:],
-            max_new_tokens=settings.max_new_tokens,
-            eos_id=tokenizer.eos_id,
-            decode=tokenizer.decode,
-            stop=prompt_format.stop,
-            stacked_heads=heads,
-        )
-        generations.append([generation])
-        total += stats
-        if (index + 1) % settings.batch_size == 0 or index + 1 == len(prompts):
+
+    def progress(done: int, total: SpeculativeStats) -> None:
+        if done % settings.batch_size == 0 or done == len(prompts):
             logger.info(
                 "%s: generated %d/%d (speculative, acceptance %.2f, %.2f tokens/forward)",
                 dataset,
-                index + 1,
+                done,
                 len(prompts),
                 total.acceptance_rate,
                 total.tokens_per_forward,
             )
-    return generations, total
+
+    generations, total = speculative_generate_many(
+        model,
+        [prompt[-budget:] for prompt in prompts],
+        max_new_tokens=settings.max_new_tokens,
+        eos_id=tokenizer.eos_id,
+        decode=tokenizer.decode,
+        stop=prompt_format.stop,
+        progress=progress,
+    )
+    return [[generation] for generation in generations], total

@@ -17,7 +17,7 @@ beyond the accepted length; the next call starts at the accepted length and over
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +100,12 @@ def _prompt_guesses(
     return model.output(hidden)[:, 0].argmax(-1).tolist()  # type: ignore[operator]
 
 
+def _n_draft(model: nn.Module, n_draft: int | None) -> int:
+    """Guesses per step: ``n_draft`` clipped to ``[0, n_future_tokens - 1]`` (None: the most)."""
+    n_heads = int(model.n_future_tokens)
+    return n_heads - 1 if n_draft is None else max(0, min(n_draft, n_heads - 1))
+
+
 def _accepted(drafts: Sequence[int], greedy: Sequence[int]) -> int:
     """How many leading ``drafts`` agree with head 0's greedy tokens after each of them."""
     accepted = 0
@@ -170,8 +176,7 @@ def speculative_generate(
         raise ValueError("speculative_generate: the prompt needs at least one token")
     if stop and decode is None:
         raise ValueError("speculative_generate: stop sequences need a decode function")
-    n_heads = int(model.n_future_tokens)
-    n_draft = n_heads - 1 if n_draft is None else max(0, min(n_draft, n_heads - 1))
+    n_draft = _n_draft(model, n_draft)
     stats = SpeculativeStats()
     if max_new_tokens <= 0:
         return Generation([], "", "length"), stats
@@ -229,12 +234,13 @@ def speculative_generate_many(
     decode: Decode | None = None,
     stop: Sequence[str] = (),
     n_draft: int | None = None,
+    progress: Callable[[int, SpeculativeStats], None] | None = None,
 ) -> tuple[list[Generation], SpeculativeStats]:
-    """:func:`speculative_generate` for each prompt in turn; the stats are summed."""
+    """:func:`speculative_generate` for each prompt in turn, the heads stacked once for all;
+    the stats are summed. ``progress(done, stats so far)`` is called after each prompt."""
     total = SpeculativeStats()
     generations = []
-    n_heads = int(model.n_future_tokens)
-    n_draft = n_heads - 1 if n_draft is None else max(0, min(n_draft, n_heads - 1))
+    n_draft = _n_draft(model, n_draft)
     heads = StackedHeads(model, 1 + n_draft) if isinstance(model, MTPTransformer) else None
     for prompt in prompts:
         generation, stats = speculative_generate(
@@ -249,4 +255,6 @@ def speculative_generate_many(
         )
         generations.append(generation)
         total += stats
+        if progress is not None:
+            progress(len(generations), total)
     return generations, total

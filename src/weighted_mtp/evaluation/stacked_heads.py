@@ -18,23 +18,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from weighted_mtp.models.transformer import AttentionContext, MTPTransformer, apply_rope
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+from weighted_mtp.models.transformer import (
+    AttentionContext,
+    MTPTransformer,
+    apply_rope,
+    rms_norm,
+)
 
 
 def _stack_t(weights: list[torch.Tensor]) -> torch.Tensor:
     """``[out, in]`` linear weights -> ``[n, in, out]`` for ``bmm(x [n, T, in], .)``."""
     return torch.stack([w.t() for w in weights]).contiguous()
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``RMSNorm`` of ``x [n, T, dim]`` with one gain per head, ``weight [n, 1, dim]``."""
-    if x.dtype in _LOW_PRECISION:  # as RMSNorm: statistics in float32, gain in the model dtype
-        xf = x.float()
-        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
-        return normed * weight
-    return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
 
 
 class StackedHeads:
@@ -92,7 +86,7 @@ class StackedHeads:
         n, seqlen = self.n_heads, trunk_out.shape[1]
         start, end = ctx.start_pos, ctx.start_pos + seqlen
         x = trunk_out.expand(n, seqlen, trunk_out.shape[-1])
-        normed = _rms_norm(x, self.attention_norm, self.eps)
+        normed = rms_norm(x, self.attention_norm, self.eps)
         kv = torch.bmm(normed, self.wkv).unflatten(-1, (2, self.n_kv_heads, self.head_dim))
         keys = apply_rope(kv[:, :, 0], ctx.cos, ctx.sin, ctx.rotation)
         self.keys[:, :, start:end] = keys.transpose(1, 2)
@@ -113,6 +107,6 @@ class StackedHeads:
             enable_gqa=self.n_kv_heads != self.n_q_heads,
         )  # [n, H, T or 1, D]
         h = x[:, rows] + torch.bmm(out.transpose(1, 2).flatten(-2), self.wo)
-        gate, up = torch.bmm(_rms_norm(h, self.ffn_norm, self.eps), self.w13).chunk(2, dim=-1)
+        gate, up = torch.bmm(rms_norm(h, self.ffn_norm, self.eps), self.w13).chunk(2, dim=-1)
         h = h + torch.bmm(F.silu(gate) * up, self.w2)
         return self.model.norm(h)

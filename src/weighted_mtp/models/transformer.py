@@ -43,6 +43,19 @@ def debug_args(**overrides: object) -> ModelArgs:
     return ModelArgs(**base)  # type: ignore[arg-type]
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Root-mean-square norm over the last dimension with the gain ``weight``: ``[dim]``, or
+    any shape that broadcasts against ``x`` (one gain per stacked head, ``[n, 1, dim]``)."""
+    if x.dtype in _LOW_PRECISION:
+        # Meta: normalise in float32, cast back, then apply the gain in the model dtype.
+        xf = x.float()
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+        return normed * weight
+    if weight.dim() == 1:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm; statistics in at least float32, as in Meta's code."""
 
@@ -52,12 +65,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype in _LOW_PRECISION:
-            # Meta: normalise in float32, cast back, then apply the gain in the model dtype.
-            xf = x.float()
-            normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
-            return normed * self.weight
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_tables(
