@@ -135,9 +135,10 @@ class _Head0Decoder:
     step (``[B or 1, max_new_tokens]``) and, when some row is padded, the key mask of every
     slot; a step only slices them. Without padding there is no mask at all (a decoding query
     attends to every slot written so far). An :class:`MTPTransformer` runs through
-    ``trunk_forward``/``head_forward`` with that prebuilt context, and on the prompt runs head 0's
-    block and the unembedding at the last position only (``head_prefill``); any other model goes through its ``forward`` with ``positions``
-    and ``key_padding_mask`` slices, as ``docs/contracts.md`` defines them.
+    ``trunk_forward``/``head_forward`` with that prebuilt context, and on the prompt runs head
+    0's block and the unembedding at the last position only (``head_prefill``); any other
+    model goes through its ``forward`` with ``positions`` and ``key_padding_mask`` slices, as
+    ``docs/contracts.md`` defines them.
     """
 
     def __init__(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ def _finished(
 
 
 def _prompt_guesses(
-    model: nn.Module, tokens: torch.Tensor, cache: object, heads: StackedHeads | None, n_draft: int
+    model: nn.Module, tokens: torch.Tensor, cache: Any, heads: StackedHeads | None, n_draft: int
 ) -> list[int]:
     """Head 0's next token and heads 1..n_draft's guesses after the prompt ``tokens [1, P]``.
 
@@ -94,10 +95,10 @@ def _prompt_guesses(
     if heads is None:
         logits = model(tokens, start_pos=0, cache=cache, return_all_heads=True)
         return logits[0, -1].argmax(-1).tolist()[: 1 + n_draft]
-    ctx = model.attention_context(1, tokens.shape[1], cache=cache)  # type: ignore[operator]
-    trunk = model.trunk_forward(tokens, ctx=ctx)  # type: ignore[operator]
-    hidden = heads.run(trunk, ctx, last_only=True)  # [n, 1, dim]
-    return model.output(hidden)[:, 0].argmax(-1).tolist()  # type: ignore[operator]
+    net = heads.model
+    ctx = net.attention_context(1, tokens.shape[1], cache=cache)
+    hidden = heads.run(net.trunk_forward(tokens, ctx=ctx), ctx, last_only=True)  # [n, 1, dim]
+    return net.output(hidden)[:, 0].argmax(-1).tolist()
 
 
 def _n_draft(model: nn.Module, n_draft: int | None) -> int:
@@ -118,7 +119,7 @@ def verify(
     model: nn.Module,
     block: torch.Tensor,
     start_pos: int,
-    cache: object,
+    cache: Any,
     drafts: Sequence[int],
     n_draft: int,
     heads: StackedHeads | None = None,
@@ -135,9 +136,10 @@ def verify(
         logits = model(block, start_pos=start_pos, cache=cache, return_all_heads=True)
         best = logits[0].argmax(-1).t()  # [n_heads, 1 + len(drafts)]
     else:
-        ctx = model.attention_context(1, block.shape[1], start_pos=start_pos, cache=cache)  # type: ignore[operator]
-        trunk = model.trunk_forward(block, ctx=ctx)  # type: ignore[operator]
-        best = model.output(heads.run(trunk, ctx, last_only=False)).argmax(-1)  # type: ignore[operator]
+        net = heads.model
+        ctx = net.attention_context(1, block.shape[1], start_pos=start_pos, cache=cache)
+        hidden = heads.run(net.trunk_forward(block, ctx=ctx), ctx, last_only=False)
+        best = net.output(hidden).argmax(-1)  # [n_heads, 1 + len(drafts)]
     by_head = best[: 1 + n_draft].tolist()
     accepted = _accepted(drafts, by_head[0])
     verified = [*drafts[:accepted], by_head[0][accepted]]

@@ -264,16 +264,6 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def active_mlflow_run() -> tuple[str | None, str | None]:
-    """``(run_id, tracking_uri)`` of the run kedro-mlflow opened, or ``(None, None)``."""
-    import mlflow
-
-    run = mlflow.active_run()
-    if run is None:
-        return None, None
-    return run.info.run_id, absolute_tracking_uri(mlflow.get_tracking_uri())
-
-
 @contextlib.contextmanager
 def job_mlflow_run(method: str) -> Iterator[tuple[str | None, str | None]]:
     """``(run_id, tracking_uri)`` of a run nested in the one kedro-mlflow opened, named after
