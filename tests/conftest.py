@@ -52,6 +52,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(LOG_DIR, ignore_errors=True)
 
 
+@pytest.fixture
+def restore_excepthook() -> Iterator[None]:
+    """For a test that makes a process group in the pytest process: init_process_group wraps
+    sys.excepthook (a "[rankN]" prefix) and destroy_process_group leaves it wrapped, which
+    later tests (test_logging's) would see."""
+    hook = sys.excepthook
+    yield
+    sys.excepthook = hook
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -194,7 +194,8 @@ def test_ctrl_c_then_run_again_resumes(project: Path):
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 300
-    while time.time() < deadline and not any(checkpoints.glob("step_*/manifest.json")):
+    # One directory per run identity; a checkpoint is complete once its manifest is written.
+    while time.time() < deadline and not any(checkpoints.glob("*/step_*/manifest.json")):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
@@ -205,7 +206,7 @@ def test_ctrl_c_then_run_again_resumes(project: Path):
         ["pgrep", "-f", f"weighted_mtp.training.worker {project}/"], capture_output=True, text=True
     ).stdout.split()
     assert not leftovers, f"workers left behind: {leftovers}"
-    saved = sorted(int(p.name[5:]) for p in checkpoints.glob("step_*"))
+    saved = sorted(int(p.parent.name[5:]) for p in checkpoints.glob("*/step_*/manifest.json"))
     assert saved and saved[-1] < 8
 
     again = _run_kedro(

@@ -12,6 +12,11 @@ here is Kedro's command (same options, same behaviour) with two differences:
   of :mod:`weighted_mtp.hooks` that stop a run before any node (a missing prerequisite, S3
   without credentials, a protected output).
 
+``estimate`` is the project's own command: the peak GPU memory of each training method as
+configured (``kedro estimate --env a100 --pipelines verifiable``), from the configuration
+``kedro run`` would read, without credentials, downloads or a GPU
+(:mod:`weighted_mtp.training.estimate`).
+
 ``cli_hooks`` is registered under the ``kedro.cli_hooks`` entry point (``pyproject.toml``):
 Kedro imports it before it loads the plugins' commands, so the package's warning filters
 (:func:`weighted_mtp.quiet_known_warnings`) are in place before kedro-mlflow is imported, which
@@ -25,11 +30,13 @@ import functools
 import importlib.resources
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import click
 from kedro.framework.cli.hooks import cli_hook_impl
 from kedro.framework.cli.project import run as kedro_run
+from kedro.framework.cli.utils import _split_params, env_option, split_string
 
 import weighted_mtp
 
@@ -144,6 +151,232 @@ run.help = (kedro_run.help or "Run the pipeline.") + (
 )
 run.short_help = "Run the pipeline (names and parameters checked first)."
 cli.add_command(run, "run")
+
+
+# --------------------------------------------------------------------------- kedro estimate
+def _project_config(project_path: Path, env: str | None, params: dict[str, Any]) -> Any:
+    """Kedro's config loader as ``kedro run --env <env> --params ...`` builds it (settings'
+    loader class and arguments, runtime parameters merged over the parameter files), without
+    a session: no hooks run, no catalog is built, no credentials are read."""
+    from kedro.framework.project import settings
+
+    return settings.CONFIG_LOADER_CLASS(
+        conf_source=str(project_path / settings.CONF_SOURCE),
+        env=env,
+        runtime_params=params,
+        **settings.CONFIG_LOADER_ARGS,
+    )
+
+
+def _validated(group: str, model: Any, raw: Any) -> Any:
+    from pydantic import ValidationError
+
+    from weighted_mtp.hooks import describe_validation_error
+
+    try:
+        return model.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        raise click.ClickException(
+            "Invalid parameters (conf/*/parameters*.yml or --params): "
+            + describe_validation_error(group, exc)
+        ) from None
+
+
+def _entry_location(
+    loader: Any, project_path: Path, name: str
+) -> tuple[str, dict[str, Any]] | None:
+    """The directory of catalog entry ``name`` (relative local paths resolved against the
+    project, as Kedro does) and its storage options (credentials resolved only for a remote
+    directory); None when the entry has no ``path``."""
+    entry = loader["catalog"].get(name) or {}
+    path = entry.get("path")
+    if not path:
+        return None
+    if "://" not in str(path) and not Path(path).is_absolute():
+        path = str(project_path / path)
+    options: dict[str, Any] = {}
+    if _is_remote(str(path)):
+        credentials = entry.get("credentials")
+        if isinstance(credentials, str):
+            credentials = loader["credentials"].get(credentials)
+        options = {**(credentials or {}), **(entry.get("fs_args") or {})}
+    return str(path), options
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _read_json(path: str, options: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """``path`` as JSON, or None when it does not exist."""
+    import json
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path, **options)
+    if not fs.exists(root):
+        return None
+    try:
+        return json.loads(fs.cat_file(root))
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{path} ({name}): not valid JSON ({exc})") from None
+
+
+def _shapes(
+    loader: Any, project_path: Path, estimate_params: Any, need_reference: bool, check: bool
+) -> tuple[Any, dict[str, Any] | None, list[str]]:
+    """The policy's ``ModelArgs`` and the reference's ``config.json`` fields: from
+    ``estimate.*``, checked against the model directories where they can be read (local
+    ones always, remote ones with ``--check-model``); from the directories when
+    ``estimate.*`` does not give them. Also the notes to print (what was not checked)."""
+    from weighted_mtp.models.args import ModelArgs, ModelArgsError
+    from weighted_mtp.training.estimate import (
+        EstimateError,
+        check_model_args,
+        check_reference_config,
+        model_args,
+    )
+
+    notes: list[str] = []
+
+    def read(entry: str, file: str) -> tuple[dict[str, Any] | None, str]:
+        location = _entry_location(loader, project_path, entry)
+        if location is None:
+            return None, f"catalog entry {entry!r} has no path"
+        path, options = location
+        url = f"{path.rstrip('/')}/{file}"
+        if _is_remote(path) and not check:
+            return None, f"{url} not read (remote; --check-model reads it)"
+        try:
+            raw = _read_json(url, options, entry)
+        except click.ClickException:
+            raise
+        except Exception as exc:  # an unreachable store, refused credentials: say so, go on
+            return None, f"{url} not readable ({type(exc).__name__}: {exc})"
+        return raw, (f"{url} does not exist" if raw is None else url)
+
+    try:
+        raw_args, where = read("base_model", "params.json")
+        if estimate_params.model is not None:
+            args = model_args(estimate_params.model, source="estimate.model")
+            if raw_args is not None:
+                check_model_args(args, ModelArgs.from_dict(raw_args, source=where), source=where)
+                notes.append(f"model shape: estimate.model, the same as {where}")
+            else:
+                notes.append(f"model shape: estimate.model ({where})")
+        elif raw_args is not None:
+            args = ModelArgs.from_dict(raw_args, source=where)
+            notes.append(f"model shape: {where}")
+        else:
+            raise click.ClickException(
+                f"no model shape: estimate.model is not set and {where}; add estimate.model "
+                "(the fields of params.json) to conf/<env>/parameters_estimate.yml"
+            )
+        reference = None
+        if need_reference:
+            raw_ref, where = read("reference_model", "config.json")
+            if estimate_params.reference is not None:
+                reference = dict(estimate_params.reference)
+                if raw_ref is not None:
+                    check_reference_config(reference, raw_ref, source=where)
+                    notes.append(f"reference shape: estimate.reference, the same as {where}")
+                else:
+                    notes.append(f"reference shape: estimate.reference ({where})")
+            elif raw_ref is not None:
+                reference = raw_ref
+                notes.append(f"reference shape: {where}")
+            else:
+                raise click.ClickException(
+                    f"no reference shape for rho1: estimate.reference is not set and {where}; "
+                    "add estimate.reference (config.json's fields, model_type included)"
+                )
+    except (EstimateError, ModelArgsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return args, reference, notes
+
+
+@cli.command("estimate")
+@env_option
+@click.option(
+    "--pipelines",
+    type=str,
+    default="",
+    callback=split_string,
+    help="Training pipelines to estimate, comma-separated (baseline, critic, verifiable, "
+    "rho1); default: all four.",
+)
+@click.option(
+    "--params",
+    type=click.UNPROCESSED,
+    default="",
+    callback=_split_params,
+    help="Parameter overrides as for kedro run, e.g. "
+    '"verifiable.batch_size=8,runtime.activation_checkpointing=none".',
+)
+@click.option(
+    "--check-model",
+    is_flag=True,
+    help="Also read params.json / config.json of remote (S3) model directories, with the "
+    "catalog's credentials, to check the configured shapes (local ones are always checked).",
+)
+@click.pass_obj
+def estimate(
+    metadata: Any, env: str | None, pipelines: list[str], params: dict[str, Any], check_model: bool
+) -> None:
+    """Peak GPU memory per rank of each training method as configured, on fake tensors.
+
+    Builds the real training module at the configured shape (estimate.model, or base_model's
+    params.json) with no memory, over a fake process group of runtime.nproc_per_node x
+    runtime.nnodes ranks, runs one training step under PyTorch's FSDP memory tracker and prints
+    the split (parameters, gradients, optimizer, activations, loss); the last line of each
+    method reads "peak per GPU: X GiB of <estimate.gpu_memory_gib> GiB (<method>, N ranks)".
+    Exit status 1 when a method leaves less than estimate.headroom of the GPU free."""
+    from weighted_mtp.training.config import METHODS, PARAMS_BY_METHOD, RuntimeParams
+    from weighted_mtp.training.estimate import GIB, EstimateError, EstimateParams, estimate_memory
+
+    requested = [p for p in pipelines if p] or list(METHODS)
+    unknown = [p for p in requested if p not in METHODS]
+    if unknown:
+        raise click.ClickException(
+            f"cannot estimate {', '.join(repr(p) for p in unknown)}: the training pipelines "
+            f"are {', '.join(METHODS)}"
+        )
+    project_path = Path(metadata.project_path) if metadata else Path.cwd()
+    loader = _project_config(project_path, env, params)
+    parameters = loader["parameters"]
+    runtime = _validated("runtime", RuntimeParams, parameters.get("runtime"))
+    estimate_params = _validated("estimate", EstimateParams, parameters.get("estimate"))
+    args, reference, notes = _shapes(
+        loader, project_path, estimate_params, "rho1" in requested, check_model
+    )
+    for note in notes:
+        click.echo(note)
+    over = []
+    for method in dict.fromkeys(requested):
+        method_params = _validated(method, PARAMS_BY_METHOD[method], parameters.get(method))
+        try:
+            result = estimate_memory(method, method_params, runtime, args, reference=reference)
+        except EstimateError as exc:
+            raise click.ClickException(str(exc)) from None
+        lines = result.report(estimate_params.gpu_memory_gib)
+        if method == "rho1" and method_params.reference_tuning.enabled:
+            lines.insert(
+                1,
+                "  (rho1.reference_tuning is enabled: the reference's own fine-tuning job is "
+                "not part of this estimate)",
+            )
+        click.echo("\n".join(lines))
+        if result.peak / GIB > estimate_params.limit_gib:
+            over.append(method)
+            click.echo(
+                f"{method} needs more than {estimate_params.limit_gib:g} GiB ("
+                f"{estimate_params.gpu_memory_gib:g} GiB less {estimate_params.headroom:.0%} headroom): "
+                f"lower {method}.batch_size (raising grad_accum_steps to keep the global "
+                "batch) or set runtime.activation_checkpointing=blocks",
+                err=True,
+            )
+    if over:
+        raise SystemExit(1)
 
 
 class _CLIHooks:

@@ -1,189 +1,290 @@
-"""The comparison statistics against slow, obvious references, and the verdict's wording."""
+"""The comparison statistics against textbook values and slow references, and the verdict's
+wording."""
 
 from __future__ import annotations
 
+import itertools
 import math
-import random
 
 import numpy as np
 import pytest
+from scipy.stats import binom
+from statsmodels.stats.proportion import confint_proportions_2indep
 
 from weighted_mtp.evaluation.comparison import (
-    bootstrap_interval,
+    CONTRAST_COLUMNS,
+    MCNEMAR,
+    NOT_DISTINGUISHABLE,
+    NOT_SIGNIFICANT,
+    SIGN_FLIP,
     compare,
+    compare_contrasts,
     estimate,
-    paired_difference,
+    holm,
+    mcnemar_exact,
+    minimum_detectable_difference,
+    newcombe_paired_interval,
+    paired_t_interval,
+    per_metric_values,
     per_problem_values,
-    resample_indices,
+    sign_flip_test,
+    wilson_interval,
 )
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    # numpy's default ("linear") definition, written out.
-    position = q * (len(sorted_values) - 1)
-    lower = math.floor(position)
-    upper = min(lower + 1, len(sorted_values) - 1)
-    return sorted_values[lower] + (position - lower) * (sorted_values[upper] - sorted_values[lower])
-
-
-def _slow_interval(values: list[float], indices: np.ndarray, confidence: float) -> tuple:
-    means = sorted(sum(values[int(i)] for i in row) / len(row) for row in indices)
-    alpha = 1 - confidence
-    return _quantile(means, alpha / 2), _quantile(means, 1 - alpha / 2)
-
-
-def test_bootstrap_matches_a_loop_over_the_same_resamples() -> None:
-    values = [random.Random(3).random() for _ in range(17)]
-    for seed, confidence in [(0, 0.95), (7, 0.9)]:
-        indices = resample_indices(len(values), 300, seed)
-        expected = _slow_interval(values, indices, confidence)
-        got = bootstrap_interval(values, confidence=confidence, n_resamples=300, seed=seed)
-        assert got == pytest.approx(expected, abs=1e-12)
-
-
-def test_resamples_are_drawn_with_replacement_from_every_problem() -> None:
-    indices = resample_indices(5, 4000, seed=1)
-    assert indices.shape == (4000, 5)
-    assert set(np.unique(indices)) == set(range(5))
-    # With replacement: some resample repeats a problem.
-    assert any(len(set(row)) < 5 for row in indices)
-
-
-def test_bootstrap_of_a_proportion_is_close_to_the_normal_interval() -> None:
-    # 60 of 200 problems solved: the bootstrap interval of a mean of 0/1 values approaches the
-    # Wald interval p +- 1.96 sqrt(p(1-p)/n) (= 0.3 +- 0.0635).
-    values = [1.0] * 60 + [0.0] * 140
-    low, high = bootstrap_interval(values, n_resamples=4000, seed=0)
-    half = 1.96 * math.sqrt(0.3 * 0.7 / 200)
-    assert low == pytest.approx(0.3 - half, abs=0.012)
-    assert high == pytest.approx(0.3 + half, abs=0.012)
-
-
-def test_constant_values_have_a_zero_width_interval() -> None:
-    assert bootstrap_interval([0.0] * 10) == (0.0, 0.0)
-    result = estimate([1.0, 1.0, 1.0])
-    assert (result.mean, result.low, result.high, result.n_problems) == (1.0, 1.0, 1.0, 3)
-
-
+# --------------------------------------------------------------------------- textbook values
 @pytest.mark.parametrize(
-    ("values", "kwargs", "message"),
+    ("only_a", "only_b", "expected"),
     [
-        ([], {}, "non-empty"),
-        ([0.5, float("nan")], {}, "finite"),
-        ([0.5], {"confidence": 1.0}, "confidence"),
-        ([0.5], {"n_resamples": 0}, "n_resamples"),
+        (4, 0, 0.125),  # 2 * 0.5**4: four problems one way, none the other
+        (0, 4, 0.125),
+        (10, 2, 0.0386),  # 2 * P(Bin(12, 1/2) <= 2) = 2 * 79 / 4096 = 0.03857
+        (5, 5, 1.0),
+        (0, 0, 1.0),
     ],
 )
-def test_bad_input_is_refused(values, kwargs, message) -> None:
-    with pytest.raises(ValueError, match=message):
-        bootstrap_interval(values, **kwargs)
+def test_exact_mcnemar_matches_the_binomial_test(only_a, only_b, expected) -> None:
+    assert mcnemar_exact(only_a, only_b) == pytest.approx(expected, abs=5e-5)
 
 
-def test_paired_difference_resamples_the_same_problems_for_both() -> None:
-    rng = random.Random(5)
-    a = [rng.random() for _ in range(12)]
-    b = [x - 0.1 for x in a]  # the same problems, uniformly 0.1 lower
-    diff = paired_difference(a, b, "b")
-    # Paired: every resample's difference is exactly 0.1, so the interval has no width
-    # (an unpaired comparison of these two noisy columns would overlap widely).
-    assert diff.diff == pytest.approx(0.1)
-    assert (diff.low, diff.high) == pytest.approx((0.1, 0.1))
-    assert diff.larger_than_interval
-    with pytest.raises(ValueError, match="12 values for best but 3 for b"):
-        paired_difference(a, b[:3], "b")
+def test_holm_on_a_known_list() -> None:
+    # Sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> monotone 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2]) == [0.2]
+    assert holm([]) == []
 
 
+def test_wilson_interval_of_4_in_100() -> None:
+    low, high = wilson_interval([1.0] * 4 + [0.0] * 96)
+    assert (low, high) == pytest.approx((0.0157, 0.0984), abs=1e-4)
+    result = estimate([1.0] * 4 + [0.0] * 96)
+    assert (result.mean, result.n_problems) == (0.04, 100)
+    assert (result.low, result.high) == (low, high)
+    # Unlike a percentile bootstrap, the interval of 0/n is not [0, 0].
+    assert wilson_interval([0.0] * 100)[1] > 0.03
+
+
+# --------------------------------------------------------------------------- paired tests
+def _pairs(only_a: int, only_b: int, both: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    a = [1.0] * only_a + [0.0] * only_b + [1.0] * both + [0.0] * neither
+    b = [0.0] * only_a + [1.0] * only_b + [1.0] * both + [0.0] * neither
+    return np.array(a), np.array(b)
+
+
+def test_sign_flip_on_binary_outcomes_is_the_exact_mcnemar_test() -> None:
+    # 12 discordant problems: scipy enumerates all 2**12 flips, which is McNemar's binomial.
+    a, b = _pairs(10, 2, 5, 83)
+    assert sign_flip_test(a, b) == pytest.approx(mcnemar_exact(10, 2), abs=1e-12)
+    assert sign_flip_test(np.zeros(5), np.zeros(5)) == 1.0
+
+
+def test_sign_flip_matches_an_enumeration_of_every_flip() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 11, size=9) / 10
+    b = rng.integers(0, 11, size=9) / 10
+    d = a - b
+    observed = abs(d.mean())
+    flips = [abs(np.mean(d * np.array(s))) for s in itertools.product([1, -1], repeat=d.size)]
+    expected = np.mean([f >= observed - 1e-12 for f in flips])
+    assert sign_flip_test(a, b) == pytest.approx(expected, abs=1e-12)
+
+
+def test_newcombe_paired_interval_is_the_independent_one_without_correlation() -> None:
+    # phi = 0 when both * neither == only_a * only_b (4 * 24 == 6 * 16): method 10 reduces to
+    # Newcombe's hybrid score interval for independent proportions (10/50 - 20/50).
+    a, b = _pairs(6, 16, 4, 24)
+    expected = confint_proportions_2indep(10, 50, 20, 50, method="newcomb", compare="diff")
+    assert newcombe_paired_interval(a, b) == pytest.approx(expected, abs=1e-12)
+    # Positively correlated outcomes (mostly concordant) give a narrower paired interval than
+    # the independent one for the same two proportions.
+    a, b = _pairs(2, 12, 8, 28)
+    paired = newcombe_paired_interval(a, b)
+    independent = confint_proportions_2indep(10, 50, 20, 50, method="newcomb", compare="diff")
+    assert paired[0] < -0.2 < paired[1]
+    assert paired[1] - paired[0] < independent[1] - independent[0]
+    with pytest.raises(ValueError, match="0/1"):
+        newcombe_paired_interval([0.5, 1.0], [0.0, 1.0])
+
+
+def test_paired_t_interval_is_centred_on_the_mean_difference() -> None:
+    a, b = np.array([0.5, 0.2, 0.9, 0.4]), np.array([0.1, 0.2, 0.3, 0.1])
+    low, high = paired_t_interval(a, b)
+    assert low < (a - b).mean() < high
+    assert (low + high) / 2 == pytest.approx((a - b).mean())
+
+
+def _exact_mcnemar_power(n: int, psi: float, delta: float, level: float) -> float:
+    """Power of the exact McNemar test at ``level`` by enumeration: the discordant count
+    D ~ Bin(n, psi), and given D, the problems won by a ~ Bin(D, (psi + delta) / (2 psi))."""
+    q = (psi + delta) / (2 * psi)
+    power = 0.0
+    for discordant in range(n + 1):
+        wins = np.arange(discordant + 1)
+        p = np.minimum(
+            1.0,
+            2 * np.minimum(binom.cdf(wins, discordant, 0.5), binom.sf(wins - 1, discordant, 0.5)),
+        )
+        rejected = binom.pmf(wins, discordant, q)[p <= level].sum()
+        power += binom.pmf(discordant, n, psi) * rejected
+    return power
+
+
+@pytest.mark.parametrize(("n", "discordant"), [(100, 0), (100, 20), (300, 15), (300, 60)])
+def test_mde_is_what_the_exact_mcnemar_test_detects_with_80_percent_power(n, discordant):
+    a, b = _pairs(discordant // 2, discordant - discordant // 2, 0, n - discordant)
+    level = 0.05 / 3
+    mde = minimum_detectable_difference(a, b, level=level, power=0.8)
+    psi = max(discordant / n, mde)
+    assert _exact_mcnemar_power(n, psi, mde, level) >= 0.75
+    # ... and not far beyond: two thirds of it is detected clearly less often.
+    smaller = 2 * mde / 3
+    assert _exact_mcnemar_power(n, max(discordant / n, smaller), smaller, level) < 0.75
+
+
+def test_mde_grows_with_discordance_and_is_inf_for_a_handful_of_problems() -> None:
+    level = 0.05 / 3
+    few = minimum_detectable_difference(*_pairs(2, 2, 0, 296), level=level)
+    many = minimum_detectable_difference(*_pairs(40, 40, 0, 220), level=level)
+    assert 0 < few < many < 1
+    # More problems, smaller MDE.
+    assert minimum_detectable_difference(*_pairs(8, 8, 0, 984), level=level) < few
+    assert math.isinf(minimum_detectable_difference([1.0, 0.0, 0.0], [0.0] * 3, level=level))
+
+
+# --------------------------------------------------------------------------- contrasts
 def _scores(**models: list[float]) -> dict[str, dict[str, float]]:
-    return {m: {f"t{i}": v for i, v in enumerate(values)} for m, values in models.items()}
+    return {
+        m: {f"t{i:03d}": float(v) for i, v in enumerate(values)} for m, values in models.items()
+    }
 
 
-def test_verdict_names_a_winner_whose_lead_is_beyond_the_interval() -> None:
-    verdict = compare(
-        _scores(
-            strong=[1.0] * 18 + [0.0] * 2,
-            weak=[0.0] * 18 + [1.0] * 2,
-            base=[0.0] * 20,
-        )
+def test_contrasts_are_corrected_within_each_dataset_and_k() -> None:
+    strong = [1.0] * 30 + [0.0] * 70
+    per_metric = {
+        ("cc", 1): _scores(a=strong, b=[0.0] * 100, c=[1.0] * 2 + [0.0] * 98),
+        ("mbpp", 1): _scores(a=[1.0] * 4 + [0.0] * 6, b=[0.0] * 10),  # no c here
+    }
+    rows = compare_contrasts(per_metric, [("a", "b"), ("c", "b")])
+    cc = {r.contrast: r for r in rows if r.dataset == "cc"}
+    mbpp = {r.contrast: r for r in rows if r.dataset == "mbpp"}
+    assert set(cc) == {"a-b", "c-b"} and set(mbpp) == {"a-b"}
+    assert cc["a-b"].m == 2 and mbpp["a-b"].m == 1
+    assert cc["a-b"].p_value == pytest.approx(mcnemar_exact(30, 0))
+    assert [cc["a-b"].p_holm, cc["c-b"].p_holm] == pytest.approx(
+        holm([cc["a-b"].p_value, cc["c-b"].p_value])
     )
-    assert verdict.best == "strong"
-    assert verdict.models_differ
-    assert [d.other for d in verdict.differences] == ["weak", "base"]
-    assert all(d.larger_than_interval for d in verdict.differences)
-    assert "strong did best" in verdict.text
-    assert "ahead of every other model by more than the interval" in verdict.text
-    assert "do not differ" not in verdict.text
+    assert mbpp["a-b"].p_holm == mbpp["a-b"].p_value  # a family of one
+    assert cc["a-b"].mde_level == pytest.approx(0.025)
+    assert cc["a-b"].diff == pytest.approx(0.30)
+    assert (cc["a-b"].only_a, cc["a-b"].only_b) == (30, 0)
+    assert cc["a-b"].only_a_tasks[:2] == ["t000", "t001"]
+    assert cc["a-b"].test == MCNEMAR and "Newcombe" in cc["a-b"].interval
+    assert cc["a-b"].status == "a ahead"
+    assert list(cc["a-b"].row())[: len(CONTRAST_COLUMNS)] == list(CONTRAST_COLUMNS)
+    assert cc["a-b"].n_seeds == 1
+    with pytest.raises(ValueError, match="against itself"):
+        compare_contrasts(per_metric, [("a", "a")])
 
 
-def test_verdict_says_no_difference_when_the_lead_is_within_the_interval() -> None:
-    # 4/10 against 3/10 on different problems: a lead of 0.1 that a resample easily reverses.
-    verdict = compare(
-        _scores(
-            a=[1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
-            b=[0, 0, 0, 0, 1, 1, 1, 0, 0, 0],
-        )
-    )
-    assert verdict.best == "a"
+def test_several_samples_use_the_permutation_test() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, size=40) / 4  # pass@1 from 4 samples per problem
+    b = np.clip(a - 0.25 * (rng.random(40) < 0.5), 0, 1)
+    [row] = compare_contrasts({("cc", 1): _scores(a=list(a), b=list(b))}, [("a", "b")])
+    assert row.test == SIGN_FLIP and "paired t" in row.interval
+    assert row.diff_low < row.diff < row.diff_high
+    assert row.p_value == pytest.approx(sign_flip_test(a, b))
+
+
+# --------------------------------------------------------------------------- the verdict
+def _verdict(**models: list[float]):
+    per_metric = {("codecontests", 1): _scores(**models)}
+    contrasts = compare_contrasts(per_metric, [("a", "b")])
+    return compare(per_metric[("codecontests", 1)], contrasts), contrasts
+
+
+def test_four_problems_to_none_is_not_distinguishable_at_this_scale() -> None:
+    # The issue's case: 4 problems solved by a alone, none by b, 100 problems. A percentile
+    # bootstrap called this "ahead beyond the interval"; exact McNemar gives p = 0.125.
+    verdict, [row] = _verdict(a=[1.0] * 4 + [0.0] * 96, b=[0.0] * 100)
+    assert row.p_value == pytest.approx(0.125)
+    assert row.mde > abs(row.diff) == pytest.approx(0.04)
+    assert row.status == NOT_DISTINGUISHABLE
     assert not verdict.models_differ
-    assert verdict.differences[0].low < 0 < verdict.differences[0].high
-    assert "a did best" in verdict.text
-    assert "the methods do not differ at this scale" in verdict.text
+    assert "not distinguishable at this scale" in verdict.text
+    assert "a - b: +0.040" in verdict.text and "p_holm = 0.125" in verdict.text
+    assert "1 seed per method: training variance is not in these intervals" in verdict.text
+    assert "codecontests pass@1 (100 problems; 95% Wilson intervals)" in verdict.text
+    assert "a 0.040 [0.016, 0.098]" in verdict.text
 
 
-def test_verdict_on_all_zero_scores_names_no_winner() -> None:
-    verdict = compare(_scores(a=[0.0] * 5, b=[0.0] * 5, c=[0.0] * 5))
-    assert verdict.best is None
+def test_a_large_exact_difference_is_ahead() -> None:
+    verdict, [row] = _verdict(a=[1.0] * 30 + [0.0] * 70, b=[1.0] * 2 + [0.0] * 98)
+    assert row.p_holm < 0.05 and row.mde < row.diff
+    assert row.status == "a ahead" and verdict.models_differ
+    assert "a ahead." in verdict.text
+
+
+def test_significant_but_below_the_mde_is_not_called_ahead() -> None:
+    # 7 problems to none: p = 2 / 2**7 = 0.0156 < 0.05, but 0.07 is below the MDE of 100
+    # problems (about 0.11): reported, not called ahead.
+    verdict, [row] = _verdict(a=[1.0] * 7 + [0.0] * 93, b=[0.0] * 100)
+    assert row.p_holm < 0.05
+    assert row.status == NOT_DISTINGUISHABLE
+    assert "underpowered, not called ahead" in verdict.text
     assert not verdict.models_differ
-    assert "every model scores 0.000" in verdict.text
-    assert "do not differ at this scale" in verdict.text
 
 
-def test_verdict_on_a_tie_for_the_top_names_no_winner() -> None:
-    verdict = compare(_scores(a=[1, 0, 0, 0], b=[0, 1, 0, 0], c=[0, 0, 0, 0]))
-    assert verdict.best is None
-    assert "a, b tie for best" in verdict.text
+def test_a_difference_above_the_mde_without_significance_is_not_significant() -> None:
+    # A difference that reaches the MDE but whose p is not below alpha after Holm.
+    from weighted_mtp.evaluation.comparison import status
+
+    assert status(0.2, 0.08, 0.1, "a", "b", 0.05) == NOT_SIGNIFICANT
+    assert status(-0.2, 0.01, 0.1, "a", "b", 0.05) == "b ahead"
+    assert status(0.05, 0.01, math.inf, "a", "b", 0.05) == NOT_DISTINGUISHABLE
 
 
-def test_mixed_verdict_names_who_is_beaten_and_who_is_not() -> None:
-    verdict = compare(
-        _scores(
-            best=[1.0] * 16 + [0.0] * 4,
-            close=[1.0] * 15 + [0.0] * 5,
-            poor=[0.0] * 20,
-        )
-    )
-    assert verdict.best == "best"
-    beaten = {d.other: d.larger_than_interval for d in verdict.differences}
-    assert beaten == {"close": False, "poor": True}
-    assert "ahead of poor by more than the interval, but not distinguishable from close" in (
-        verdict.text
-    )
-
-
-def test_verdict_uses_only_the_problems_every_model_has() -> None:
-    scores = _scores(a=[1.0, 1.0, 0.0], b=[0.0, 0.0, 0.0])
-    scores["a"]["extra"] = 1.0
-    verdict = compare(scores)
-    assert {e.n_problems for e in verdict.estimates.values()} == {3}
-    assert verdict.estimates["a"].mean == pytest.approx(2 / 3)
-    assert compare({"a": {"x": 1.0}, "b": {"y": 0.0}}).best is None
-
-
-def test_verdict_dict_says_how_the_interval_was_made() -> None:
-    out = compare(_scores(a=[1.0, 0.0], b=[0.0, 0.0])).to_dict()
-    assert out["best"] == "a" and out["models_differ"] is False
-    assert "bootstrap" in out["interval_method"]
+def test_verdict_without_contrasts_compares_nothing() -> None:
+    verdict = compare(_scores(a=[1.0, 0.0], b=[0.0, 0.0]), [])
+    assert verdict.contrasts == [] and not verdict.models_differ
+    assert "No pre-registered contrast applies" in verdict.text
+    out = verdict.to_dict()
+    assert "Wilson" in out["interval_method"] and out["n_seeds"] == 1
     assert out["estimates"]["a"]["n_problems"] == 2
 
 
 def test_per_problem_values_filters_dataset_difficulty_and_k() -> None:
     summary = {
+        "ks": [1, 2],
+        "per_dataset": {"codecontests": {}, "mbpp": {}},
         "per_problem": {
             "c1": {"dataset": "codecontests", "difficulty": 1, "pass@1": 1.0, "pass@2": 1.0},
             "c2": {"dataset": "codecontests", "difficulty": 2, "pass@1": 0.5},
             "m1": {"dataset": "mbpp", "difficulty": None, "pass@1": 0.0},
-        }
+        },
     }
     assert per_problem_values(summary, "codecontests", 1) == {"c1": 1.0, "c2": 0.5}
     assert per_problem_values(summary, "codecontests", 1, difficulty=2) == {"c2": 0.5}
     assert per_problem_values(summary, "codecontests", 2) == {"c1": 1.0}
     assert per_problem_values(summary, "mbpp", 1) == {"m1": 0.0}
+    assert per_metric_values({"m": summary}) == {
+        ("codecontests", 1): {"m": {"c1": 1.0, "c2": 0.5}},
+        ("codecontests", 2): {"m": {"c1": 1.0}},
+        ("mbpp", 1): {"m": {"m1": 0.0}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: wilson_interval([]), "non-empty"),
+        (lambda: wilson_interval([0.5, float("nan")]), "finite"),
+        (lambda: wilson_interval([1.5]), r"\[0, 1\]"),
+        (lambda: wilson_interval([0.5], confidence=1.0), "confidence"),
+        (lambda: sign_flip_test([0.5, 1.0], [0.5]), "2 values for a but 1"),
+        (lambda: mcnemar_exact(-1, 2), ">= 0"),
+    ],
+)
+def test_bad_input_is_refused(call, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()

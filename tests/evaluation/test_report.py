@@ -8,9 +8,15 @@ import struct
 import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
-from matplotlib.container import BarContainer, ErrorbarContainer
+from matplotlib.container import ErrorbarContainer
 
-from weighted_mtp.evaluation.comparison import bootstrap_interval, compare, per_problem_values
+from weighted_mtp.evaluation.comparison import (
+    compare,
+    compare_contrasts,
+    per_metric_values,
+    per_problem_values,
+    wilson_interval,
+)
 from weighted_mtp.evaluation.report import (
     figure_png,
     overview_table,
@@ -78,6 +84,10 @@ def test_tidy_table_rows():
     assert overview[("model_b", "mbpp")]["acceptance_rate"] is None
 
 
+def _points(ax) -> list[ErrorbarContainer]:
+    return [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
 def test_png_is_a_valid_non_trivial_image(tmp_path):
     fig = plot_pass_at_k(tidy_table(results()))
     png = figure_png(fig)
@@ -85,45 +95,95 @@ def test_png_is_a_valid_non_trivial_image(tmp_path):
     width, height = struct.unpack(">II", png[16:24])  # IHDR
     assert width > 300 and height > 200
     assert len(png) > 10_000
-    assert len(fig.axes) == 2  # one panel per k (1 and 2)
-    # The canonical reference is the last, hatched bar group with a dashed line per dataset.
-    first, second = fig.axes
-    labels = [c.get_label() for c in first.containers if isinstance(c, BarContainer)]
-    assert labels == ["model_a", "model_b", "canonical"]
-    bars = [c for c in first.containers if isinstance(c, BarContainer)]
-    assert bars[-1].patches[0].get_hatch() == "//"
-    dashed = [c for c in first.collections if c.get_linestyle()[0][1] is not None]
-    assert len(dashed) == 2  # two dashed reference lines (two datasets)
+    # One panel per k (rows: 1 and 2) and dataset (columns), no contrast rows without contrasts.
+    assert len(fig.axes) == 4
+    first = fig.axes[0]
+    # Models are points with intervals; the canonical solutions are not drawn as a series.
+    assert [c.get_label() for c in _points(first)] == ["model_a", "model_b"]
+    assert not first.patches  # no bars
 
 
-def test_canonical_is_drawn_only_where_measured():
-    # canonical has one solution per problem: pass@1 only. The pass@2 panel must not show it.
+def test_canonical_is_a_note_where_measured():
+    # canonical has one solution per problem: pass@1 only, written in the title of each pass@1
+    # panel (the harness check), never in the pass@2 panels.
     fig = plot_pass_at_k(tidy_table(results()))
-    second = fig.axes[1]
-    labels = [c.get_label() for c in second.containers if isinstance(c, BarContainer)]
-    assert labels == ["model_a", "model_b"]
-    assert "not drawn" in second.get_title()
+    he1, mbpp1, he2, mbpp2 = fig.axes
+    assert (
+        he1.get_title()
+        == "humaneval pass@1\n4 problems, 8 samples\ncanonical (harness check): 1.00"
+    )
+    assert mbpp1.get_title().startswith("mbpp pass@1\n")
+    assert he2.get_title() == "humaneval pass@2\n4 problems, 8 samples"
+    assert [c.get_label() for c in _points(he2)] == ["model_a", "model_b"]
 
 
-def test_bars_carry_the_interval_and_the_counts_behind_them():
+def test_each_panel_is_scaled_to_its_models_not_to_the_canonical_solutions():
+    # Models near 0 (as at micro scale) with canonical at 1.0, and a 10-problem dataset with
+    # wide intervals beside a 100-problem one: each panel follows its own models' intervals.
+    def row(model, dataset, value, low, high, n):
+        return {
+            "model": model,
+            "dataset": dataset,
+            "difficulty": None,
+            "k": 1,
+            "pass_at_k": value,
+            "ci_low": low,
+            "ci_high": high,
+            "n_problems": n,
+            "n_samples": n,
+        }
+
+    rows = [
+        row("base_model", "codecontests", 0.04, 0.016, 0.098, 100),
+        row("baseline_model", "codecontests", 0.09, 0.048, 0.162, 100),
+        row("canonical", "codecontests", 1.0, 0.963, 1.0, 100),
+        row("base_model", "mbpp", 0.0, 0.0, 0.278, 10),
+        row("baseline_model", "mbpp", 0.0, 0.0, 0.278, 10),
+    ]
+    codecontests, mbpp = plot_pass_at_k(rows).axes
+    low, high = codecontests.get_ylim()
+    assert high == pytest.approx(0.162 * 1.15) and low < 0.016
+    assert mbpp.get_ylim()[1] == pytest.approx(0.278 * 1.15)
+
+
+def test_points_carry_the_wilson_interval_and_the_counts_behind_them():
     rows = tidy_table(results())
     fig = plot_pass_at_k(rows)
-    first = fig.axes[0]
-    # model_a's humaneval pass@1 interval is the bootstrap of its per-problem values.
+    humaneval = fig.axes[0]
+    # model_a's humaneval pass@1 interval is the Wilson interval of its per-problem values.
     row = next(
         r
         for r in rows
         if (r["model"], r["dataset"], r["k"], r["difficulty"]) == ("model_a", "humaneval", 1, None)
     )
-    assert (row["ci_low"], row["ci_high"]) == bootstrap_interval([0.5, 0.0, 0.5, 0.0])
+    assert (row["ci_low"], row["ci_high"]) == wilson_interval([0.5, 0.0, 0.5, 0.0])
     assert row["ci_low"] < row["pass_at_k"] < row["ci_high"]
     assert row["n_samples"] == 8 and row["n_problems"] == 4
-    errorbars = [c for c in first.containers if isinstance(c, ErrorbarContainer)]
+    errorbars = _points(humaneval)
     assert len(errorbars) == 2  # the two models, none for canonical
     segments = errorbars[0].lines[2][0].get_segments()
     assert segments[0][:, 1].tolist() == pytest.approx([row["ci_low"], row["ci_high"]])
-    ticks = [t.get_text() for t in first.get_xticklabels()]
-    assert ticks == ["humaneval\n4 problems, 8 samples", "mbpp\n4 problems, 8 samples"]
+    assert "4 problems, 8 samples" in humaneval.get_title()
+
+
+def test_contrasts_are_drawn_as_differences_with_their_intervals():
+    res = results()
+    per_metric = per_metric_values({m: res[m]["summary"] for m in ("model_a", "model_b")})
+    contrasts = [c.row() for c in compare_contrasts(per_metric, [("model_a", "model_b")])]
+    fig = plot_pass_at_k(tidy_table(res), contrasts=contrasts)
+    # Rows: pass@1 models, pass@1 contrasts, pass@2 models, pass@2 contrasts; two datasets.
+    assert len(fig.axes) == 8
+    below = fig.axes[2]  # humaneval pass@1 contrasts
+    [points] = _points(below)
+    assert points.get_label() == "model_a-model_b (diff a - b)"
+    humaneval = next(c for c in contrasts if (c["dataset"], c["k"]) == ("humaneval", 1))
+    assert humaneval["diff"] == pytest.approx(0.25)
+    segment = points.lines[2][0].get_segments()[0]
+    assert segment[:, 1].tolist() == pytest.approx([humaneval["diff_low"], humaneval["diff_high"]])
+    assert any(line.get_ydata()[0] == 0.0 for line in below.lines)  # the zero line
+    assert any("p_holm" in t.get_text() and "mde" in t.get_text() for t in below.texts)
+    assert below.get_title() == "humaneval pass@1: pre-registered contrasts a - b"
+    assert "paired t" in below.get_ylabel()  # two samples per problem: non-binary pass@1
 
 
 def test_tidy_table_survives_a_json_round_trip():
@@ -164,7 +224,7 @@ def test_training_curves_keep_the_critic_value_loss_apart():
     ]
     assert value.lines[0].get_ydata().tolist() == [0.3, 0.2, 0.2, 0.1]
     assert "val/loss" in held_out.get_title() and "not comparable" in objective.get_title()
-    # One colour per method across charts: baseline's curve is baseline_model's bar colour.
+    # One colour per method across charts: baseline's curve is baseline_model's colour.
     rows = [
         {
             "model": m,
@@ -177,15 +237,14 @@ def test_training_curves_keep_the_critic_value_loss_apart():
         }
         for m in ("base_model", "verifiable_model", "baseline_model")
     ]
-    bars = {
-        c.get_label(): c.patches[0].get_facecolor()
-        for c in plot_pass_at_k(rows).axes[0].containers
-        if isinstance(c, BarContainer)
+    points = {
+        c.get_label(): to_rgba(c.lines[0].get_color())
+        for c in _points(plot_pass_at_k(rows).axes[0])
     }
     curves = {line.get_label(): line.get_color() for line in objective.lines}
-    assert to_rgba(curves["baseline"]) == bars["baseline_model"]
-    assert to_rgba(curves["verifiable"]) == bars["verifiable_model"]
-    assert bars["base_model"] != bars["baseline_model"]
+    assert to_rgba(curves["baseline"]) == points["baseline_model"]
+    assert to_rgba(curves["verifiable"]) == points["verifiable_model"]
+    assert points["base_model"] != points["baseline_model"]
     # A history without the columns (a job that logged nothing) leaves a labelled empty panel.
     empty = plot_training_curves({"rho1": pd.DataFrame()})
     assert all(not ax.lines for ax in empty.axes)
@@ -194,12 +253,15 @@ def test_training_curves_keep_the_critic_value_loss_apart():
 
 def test_html_contains_the_tables_and_the_embedded_chart():
     res = results()
+    per_metric = per_metric_values({m: res[m]["summary"] for m in ("model_a", "model_b")})
+    contrasts = [c.row() for c in compare_contrasts(per_metric, [("model_a", "model_b")])]
     page = render_html(
         res,
         figure_png(plot_pass_at_k(tidy_table(res))),
         notes=["note <1>"],
         verdict="model_b did <best>",
         training_png=figure_png(plot_training_curves({"baseline": _history([2.0, 1.0])})),
+        contrasts=contrasts,
     )
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("data:image/png;base64,iVBORw0KGgo") == 2  # both charts embedded
@@ -208,22 +270,24 @@ def test_html_contains_the_tables_and_the_embedded_chart():
     for text in ("model_a", "model_b", "canonical", "humaneval", "mbpp", "pass@2", "ci_low"):
         assert text in page
     assert "<td>0.250</td>" in page and "<td>0.625</td>" in page and "<td>1.000</td>" in page
-    assert "bootstrap over problems" in page
+    assert "Wilson score interval over problems" in page
+    assert "Pre-registered contrasts" in page and "<th>p_holm</th>" in page
+    assert "<td>model_a-model_b</td>" in page
 
 
 def test_table_interval_is_the_verdicts_whatever_the_problem_order():
-    """The CSV's interval and the verdict's are one computation: a summary whose problems come
-    in another order (the scorer's order, not the task ids') gives the same numbers."""
+    """The CSV's interval and the verdict's are one computation (Wilson), whatever order the
+    scorer gave the problems in."""
     problems = {
         f"cc/{i}": {"task_id": f"cc/{i}", "dataset": "cc", "difficulty": 1} for i in range(30)
     }
     shuffled = dict(sorted(problems.items(), key=lambda item: (int(item[0][3:]) * 7) % 30))
-    # Uneven pass fractions (1/3, 2/7, ...) so that resampled means rarely tie.
+    # Uneven pass fractions (1/3, 2/7, ...): several samples, non-binary per-problem pass@1.
     passes = {t: [j < int(t[3:]) % 4 for j in range(3 + int(t[3:]) % 5)] for t in shuffled}
     summary = summarise(shuffled, verdicts(passes), ks=(1,))
     results = {"m": {"summary": summary, "generation": {}}}
     [row] = [r for r in tidy_table(results) if r["difficulty"] is None]
-    verdict = compare({"m": per_problem_values(summary, "cc", 1)}, dataset="cc", k=1)
+    verdict = compare({"m": per_problem_values(summary, "cc", 1)}, [], dataset="cc", k=1)
     assert (row["ci_low"], row["ci_high"]) == (
         verdict.estimates["m"].low,
         verdict.estimates["m"].high,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -100,6 +101,11 @@ RAW_PARAMS = {
     },
     "ks": [1, 2, 5],
     "execution": {"workers": 2, "limits": {"cpu_seconds": 2.0, "wall_seconds": 5.0}},
+    # rho1_model is not evaluated here: its contrast is set aside, not tested.
+    "comparison": {
+        "contrasts": [["model_b", "model_a"], ["rho1_model", "model_a"]],
+        "n_permutations": 999,
+    },
 }
 
 
@@ -134,6 +140,9 @@ def test_pipeline_runs_and_writes_every_output(tmp_path, tokenizer, model_dirs, 
         "evaluation_results": JSONDataset(filepath=str(out / "results.json")),
         "evaluation_table": CSVDataset(
             filepath=str(out / "pass_at_k.csv"), save_args={"index": False}
+        ),
+        "evaluation_contrasts": CSVDataset(
+            filepath=str(out / "contrasts.csv"), save_args={"index": False}
         ),
         "evaluation_metrics": MemoryDataset(),
         "evaluation_report_png": MatplotlibDataset(filepath=str(out / "pass_at_k.png")),
@@ -185,12 +194,43 @@ def test_pipeline_runs_and_writes_every_output(tmp_path, tokenizer, model_dirs, 
     whole = table[table["difficulty"].isna() & (table["k"] == 1)]
     assert set(whole.loc[whole["model"] == "model_a", "n_samples"]) == {4}  # 2 problems x 2
 
-    # The verdict on codecontests pass@1 names the best of the two models or says they tie.
+    # One row per pre-registered contrast, dataset and k, with exactly the agreed columns
+    # first; two problems per dataset detect nothing at 80% power (mde inf).
+    contrasts = pd.read_csv(out / "contrasts.csv")
+    assert list(contrasts.columns[:9]) == [
+        "contrast",
+        "dataset",
+        "k",
+        "diff",
+        "p_value",
+        "p_holm",
+        "mde",
+        "n_problems",
+        "n_seeds",
+    ]
+    assert {"only_a", "only_b", "diff_low", "diff_high", "status"} <= set(contrasts.columns)
+    assert set(contrasts["contrast"]) == {"model_b-model_a"}
+    assert sorted(zip(contrasts["dataset"], contrasts["k"], strict=True)) == [
+        (d, k) for d in ("codecontests", "humaneval", "mbpp") for k in (1, 2)
+    ]
+    assert (contrasts["n_problems"] == 2).all() and (contrasts["n_seeds"] == 1).all()
+    assert (contrasts["p_holm"] == contrasts["p_value"]).all()  # one contrast per family
+    assert contrasts["mde"].map(math.isinf).all()
+    assert (contrasts["status"] == "not distinguishable at this scale").all()
+    verdict = json.loads((out / "results.json").read_text())["verdict"]
+    assert "Not tested (a model not evaluated in this run): rho1_model-model_a." in str(verdict)
+    assert [c["contrast"] for c in results["contrasts"]] == list(contrasts["contrast"])
+    assert {"only_a_tasks", "only_b_tasks"} <= set(results["contrasts"][0])
+
+    # The verdict on codecontests pass@1: every model's Wilson estimate and the contrast.
     verdict = results["verdict"]
     assert (verdict["dataset"], verdict["k"]) == ("codecontests", 1)
     assert set(verdict["estimates"]) == {"model_a", "model_b"}
     assert verdict["estimates"]["model_a"]["n_problems"] == 2
     assert "codecontests pass@1" in verdict["text"]
+    assert "model_b - model_a" in verdict["text"]
+    assert "not distinguishable at this scale" in verdict["text"]
+    assert "training variance is not in these intervals" in verdict["text"]
 
     metrics = catalog.load("evaluation_metrics")
     assert metrics["canonical.codecontests.pass_at_1"] == {"value": 1.0, "step": 0}
@@ -205,6 +245,8 @@ def test_pipeline_runs_and_writes_every_output(tmp_path, tokenizer, model_dirs, 
         "model_b.codecontests.difficulty_2.pass_at_1",
     } <= set(metrics)
     assert not any("humaneval.difficulty" in key for key in metrics)  # no difficulty there
+    assert "contrast.model_b-model_a.codecontests.pass_at_1.p_holm" in metrics
+    assert "contrast.model_b-model_a.codecontests.pass_at_1.mde" not in metrics  # inf
 
     png = (out / "pass_at_k.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
@@ -239,6 +281,27 @@ def test_params_are_validated():
     assert greedy.generation.samples_per_problem == 1
 
 
+def test_contrasts_are_checked_and_narrowed_to_the_models_before_the_run():
+    def params(contrasts, models=("model_a", "model_b")):
+        return EvaluationParams(
+            **{**RAW_PARAMS, "models": list(models), "comparison": {"contrasts": contrasts}}
+        )
+
+    assert params([["model_a", "model_b"]]).comparison.contrasts == [("model_a", "model_b")]
+    assert params([]).comparison.contrasts == []
+    # A contrast naming a model this run does not evaluate is set aside, by configuration,
+    # before any result exists: the tested family is the rest.
+    subset = params([["model_a", "model_b"], ["rho1_model", "model_a"]])
+    assert subset.tested_contrasts == [("model_a", "model_b")]
+    assert subset.untested_contrasts == [("rho1_model", "model_a")]
+    with pytest.raises(ValueError, match="compares a model with itself"):
+        params([["model_a", "model_a"]])
+    with pytest.raises(ValueError, match="listed twice"):
+        params([["model_a", "model_b"], ["model_b", "model_a"]])
+    with pytest.raises(ValueError, match="alpha"):
+        EvaluationParams(**{**RAW_PARAMS, "comparison": {"alpha": 1.5}})
+
+
 def test_report_reads_the_histories_of_the_evaluated_methods():
     def report_inputs(models):
         pipeline = create_pipeline(models=models)
@@ -265,6 +328,20 @@ def test_project_configuration_shapes_the_pipeline():
     )
     params = EvaluationParams(**loader["parameters"]["evaluation"])
     assert set(params.datasets) == {"humaneval", "mbpp", "codecontests"}
+    # The pre-registered contrasts: each weighted method against baseline, baseline against
+    # base; conf/a100 evaluates no rho1_model, so it states its own list without it.
+    assert params.comparison.contrasts == [
+        ("verifiable_model", "baseline_model"),
+        ("rho1_model", "baseline_model"),
+        ("baseline_model", "base_model"),
+    ]
+    a100 = OmegaConfigLoader(
+        conf_source=str(PROJECT / "conf"), base_env="base", default_run_env="a100"
+    )["parameters"]["evaluation"]
+    assert EvaluationParams(**a100).comparison.contrasts == [
+        ("verifiable_model", "baseline_model"),
+        ("baseline_model", "base_model"),
+    ]
     names = {n.name for n in create_pipeline(models=params.models).nodes}
     assert {
         "base_model.generate_completions",
@@ -281,6 +358,7 @@ def test_project_configuration_shapes_the_pipeline():
     for name in (
         "evaluation_results",
         "evaluation_table",
+        "evaluation_contrasts",
         "evaluation_metrics",
         "evaluation_report_png",
         "evaluation_training_png",
@@ -290,6 +368,14 @@ def test_project_configuration_shapes_the_pipeline():
     ):
         assert name in catalog
     # The results and the table are MLflow artifacts of the run, beside the report.
-    for name in ("evaluation_results", "evaluation_table", "evaluation_report_html"):
+    for name in (
+        "evaluation_results",
+        "evaluation_table",
+        "evaluation_contrasts",
+        "evaluation_report_html",
+    ):
         # MlflowArtifactDataset makes a subclass of the wrapped dataset that logs on save.
         assert getattr(catalog.get(name), "artifact_path", None) == "evaluation", name
+    assert str(catalog.get("evaluation_contrasts")._describe()["filepath"]).endswith(
+        "data/08_reporting/evaluation/contrasts.csv"
+    )

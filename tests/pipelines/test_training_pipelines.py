@@ -49,6 +49,7 @@ from weighted_mtp.training.config import (
     VerifiableParams,
 )
 from weighted_mtp.training.data_plan import DataPlan
+from weighted_mtp.training.run_identity import model_fingerprint
 from weighted_mtp.training.spec import JobSpec
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -380,6 +381,15 @@ def test_critic_then_verifiable_write_specs_matching_the_catalog(workspace, fake
     # ...and the chain still names the release it started from.
     assert verifiable_spec.extra_metadata["base_model_sha256"] == base_sha
     assert verifiable_spec.extra_metadata["method"] == "verifiable"
+    # The node computed each job's run identity once: the data plan and the model it starts
+    # from (the published critic's recorded SHA256s) are in it.
+    identity = verifiable_spec.identity
+    assert identity is not None
+    assert (
+        identity.components["data_plan"] == DataPlan.load(verifiable_spec.plan_path).fingerprint()
+    )
+    assert identity.components["models"]["init_model"] == model_fingerprint(models / "critic")
+    assert verifiable_spec.extra_metadata["run_identity"] == identity.digest
 
     published = json.loads((models / "verifiable" / "metadata.json").read_text())
     assert published["method"] == "verifiable"

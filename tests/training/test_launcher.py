@@ -226,6 +226,49 @@ def test_two_jobs_at_once(tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 @pytest.mark.timeout(120)
+def test_torchrun_starts_without_python_between_fork_and_exec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``preexec_fn`` makes CPython fork and run Python (every at-fork hook, torch's
+    included) in the child: launched from a thread of a process that had run FSDP2 in-process,
+    that child died by SIGSEGV before torchrun started. The parent-death signal is set by an
+    exec shim instead, and it survives the exec into torchrun."""
+    spawned: list[tuple[list[str], dict]] = []
+    real_popen = launcher.subprocess.Popen
+
+    def recording_popen(args, **kwargs):
+        spawned.append((list(args), kwargs))
+        return real_popen(args, **kwargs)
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", recording_popen)
+    outcome: list[LaunchResult | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(_launch(_spec(tmp_path / "run", "ok", nproc=1, max_steps=1)))
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)  # as the tests and notebooks launch
+    thread.start()
+    thread.join(timeout=110)
+    assert outcome and isinstance(outcome[0], LaunchResult), outcome
+    (cmd, kwargs), *_ = spawned
+    assert kwargs.get("preexec_fn") is None
+    assert "torch.distributed.run" in cmd
+
+    # The shim's prctl outlives the exec: the exec'd program reads its own PR_GET_PDEATHSIG.
+    probe = (
+        "import ctypes, signal; v = ctypes.c_int(); "
+        "ctypes.CDLL(None).prctl(2, ctypes.byref(v), 0, 0, 0); "  # PR_GET_PDEATHSIG
+        "assert v.value == signal.SIGTERM, v.value"
+    )
+    shimmed = launcher._with_parent_death_signal([sys.executable, "-c", probe])
+    assert subprocess.run(shimmed, timeout=60).returncode == 0
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(120)
 def test_worker_failure_names_the_rank_and_its_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingJobError) as info:
         _launch(_spec(tmp_path / "run", "raise_on_rank1"))

@@ -29,13 +29,22 @@ from weighted_mtp.training.checkpoint import (
 from weighted_mtp.training.config import PARAMS_BY_METHOD, RuntimeParams
 from weighted_mtp.training.data_plan import build_data_plan
 from weighted_mtp.training.launcher import TrainingJobError, launch
+from weighted_mtp.training.run_identity import RunIdentity
 from weighted_mtp.training.spec import JobSpec
 
 from .corpus import Corpus, build_corpus
 
 
 # --------------------------------------------------------------------------- in process
+def _identity(plan: str = "p", world: int = 1) -> RunIdentity:
+    return RunIdentity.of({"data_plan": plan, "runtime": {"world_size": world}})
+
+
+ID = _identity()
+
+
 def _state(step: int, plan: str = "p", world: int = 1) -> TrainerState:
+    identity = _identity(plan, world)
     return TrainerState(
         step=step,
         tokens_seen=10 * step,
@@ -43,6 +52,8 @@ def _state(step: int, plan: str = "p", world: int = 1) -> TrainerState:
         world_size=world,
         method="baseline",
         scheduler={"last_epoch": step},
+        run_identity=identity.digest,
+        identity_components=identity.components,
     )
 
 
@@ -67,7 +78,7 @@ def test_save_is_complete_and_restores_exactly(tmp_path, tiny):
         for p in model.parameters():
             p.add_(1.0)
     opt.state[next(iter(model.parameters()))]["exp_avg"].zero_()
-    state = load_checkpoint(path, model, opt, plan_sha256="p", world_size=1)
+    state = load_checkpoint(path, model, opt, identity=ID)
     assert state.step == 3 and state.tokens_seen == 30
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -92,28 +103,29 @@ def test_corrupt_or_missing_file_is_named_and_auto_falls_back(tmp_path, tiny, ca
     with pytest.raises(CheckpointError, match=rf"{shard.name}.*(sha256|bytes)"):
         verify_checkpoint(newest)
     with pytest.raises(CheckpointError, match=shard.name):
-        choose_checkpoint(tmp_path, str(newest), plan_sha256="p", world_size=1)
+        choose_checkpoint(tmp_path, str(newest), ID)
     with caplog.at_level(logging.WARNING):
-        chosen = choose_checkpoint(tmp_path, "auto", plan_sha256="p", world_size=1)
+        chosen = choose_checkpoint(tmp_path, "auto", ID)
     assert chosen is not None and chosen.name == "step_00000002"
     assert "step 4 is unusable" in caplog.text and shard.name in caplog.text
     (chosen / "rng_rank0.pt").unlink()
     with pytest.raises(CheckpointError, match="rng_rank0.pt: missing"):
         verify_checkpoint(chosen)
-    assert choose_checkpoint(tmp_path, "auto", plan_sha256="p", world_size=1) is None
+    assert choose_checkpoint(tmp_path, "auto", ID) is None
 
 
 def test_a_changed_run_starts_afresh_under_auto_but_not_by_path(tmp_path, tiny, caplog):
     model, opt = tiny
     path = save_checkpoint(tmp_path, model, opt, _state(2, plan="old"), keep_last=2)
     with caplog.at_level(logging.WARNING):
-        assert choose_checkpoint(tmp_path, "auto", plan_sha256="new", world_size=1) is None
-    assert "different data plan" in caplog.text
-    with pytest.raises(CheckpointError, match="different data plan"):
-        choose_checkpoint(tmp_path, str(path), plan_sha256="new", world_size=1)
-    with pytest.raises(CheckpointError, match="saved by 1 processes"):
-        choose_checkpoint(tmp_path, str(path), plan_sha256="old", world_size=2)
-    assert choose_checkpoint(tmp_path, "never", plan_sha256="old", world_size=1) is None
+        assert choose_checkpoint(tmp_path, "auto", _identity("new")) is None
+    assert "data_plan: old -> new" in caplog.text
+    with pytest.raises(CheckpointError, match="data_plan: old -> new"):
+        choose_checkpoint(tmp_path, str(path), _identity("new"))
+    with pytest.raises(CheckpointError, match="runtime.world_size: 1 -> 2"):
+        choose_checkpoint(tmp_path, str(path), _identity("old", world=2))
+    assert choose_checkpoint(tmp_path, "never", _identity("old")) is None
+    assert choose_checkpoint(tmp_path, str(path), _identity("old")) == path
 
 
 # --------------------------------------------------------------------------- torchrun
@@ -152,6 +164,12 @@ def _spec(corpus: Corpus, run_dir: Path, ckpt: Path, url: str | None = None, opt
         "baseline", params, corpus.train_metadata, corpus.valid_metadata, world_size=2
     ).save(spec.plan_path)
     return spec
+
+
+def _identity_dir(root: Path) -> Path:
+    """The one run identity's checkpoint directory under a method's checkpoint location."""
+    (found,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return found
 
 
 def _losses(spec: JobSpec) -> dict[int, float]:
@@ -209,7 +227,7 @@ def test_killed_run_resumes_to_the_same_losses(corpus, tmp_path):
     _launch_and_kill(first, after_step=5)
     done = _losses(first)
     assert len(done) < 10  # it really was interrupted
-    saved = [s for s, _ in list_checkpoints(tmp_path / "ckpt")]
+    saved = [s for s, _ in list_checkpoints(_identity_dir(tmp_path / "ckpt"))]
     assert saved and max(saved) < 10
 
     second = _spec(corpus, tmp_path / "second", tmp_path / "ckpt")
@@ -237,7 +255,8 @@ def test_resume_from_s3_after_losing_the_machine(corpus, tmp_path, moto_s3_endpo
     first = _spec(corpus, tmp_path / "first", tmp_path / "machine1", url, options)
     _launch_and_kill(first, after_step=6)
     time.sleep(1.0)
-    remote = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(url) if "step_" in p)
+    run_url = f"{url}/{_identity_dir(tmp_path / 'machine1').name}"  # the identity's directory
+    remote = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(run_url) if "step_" in p)
     assert remote, "nothing reached S3 before the kill"
     # A new machine: an empty local checkpoint directory, the checkpoints only on S3.
     second = _spec(corpus, tmp_path / "second", tmp_path / "machine2", url, options)
@@ -249,7 +268,7 @@ def test_resume_from_s3_after_losing_the_machine(corpus, tmp_path, moto_s3_endpo
         if step in resumed:
             assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     assert max(resumed) == 10
-    assert fs.exists(f"{url}/step_00000010/manifest.json")
+    assert fs.exists(f"{run_url}/step_00000010/manifest.json")
 
 
 @pytest.mark.distributed
@@ -274,5 +293,5 @@ def test_failed_upload_is_reported_and_fails_the_run(corpus, tmp_path, moto_s3_e
     log = (spec.log_dir / "rank_0.log").read_text()
     assert "could not be uploaded" in log
     assert (spec.final_model_dir / "model.safetensors").exists()  # the model is kept
-    assert list_checkpoints(tmp_path / "ckpt")  # and the checkpoints, locally
+    assert list_checkpoints(_identity_dir(tmp_path / "ckpt"))  # and the checkpoints, locally
     assert np.isfinite(list(_losses(spec).values())).all()

@@ -1,35 +1,125 @@
-"""Statistics of the method comparison: confidence intervals of pass@k and the verdict.
+"""Statistics of the method comparison: per-model intervals, pre-registered paired contrasts
+and the verdict.
 
-Uncertainty comes from the problems: a model's pass@k on a dataset is the mean over problems
-of the per-problem (unbiased) pass@k, so its interval is a percentile bootstrap of that mean
-over problems (``N_RESAMPLES`` resamples with replacement, ``numpy.random.default_rng(SEED)``,
-two-sided ``CONFIDENCE``). Two models evaluated on the same problems are compared by a paired
-bootstrap of the per-problem difference (the same resampled problems for both), which is
-narrower and more honest than asking whether two separate intervals overlap.
+The unit of sampling is the problem: a model's pass@k on a dataset is the mean over problems
+of the per-problem (unbiased) pass@k. With one seed per method, nothing here measures training
+variance: another fine-tuning seed could move every number by more than these intervals.
 
-The verdict looks at the primary metric (CodeContests pass@1): the model with the highest
-mean is named best, and it is said to beat another model only when the paired interval of
-the difference lies above 0. Otherwise the sentence says the models do not differ at this
-scale. No Kedro, no MLflow: plain numbers in, plain numbers and a sentence out.
+Per model: a Wilson score interval (``statsmodels.stats.proportion.proportion_confint``,
+``method="wilson"``) with ``n_problems`` trials and ``n_problems * pass@k`` successes. It is
+the Wilson interval of a proportion when every problem's outcome is 0/1 (one sample per
+problem, greedy); with several samples the per-problem pass@k lies in [0, 1] with variance at
+most ``p (1 - p)``, so the same interval is conservative.
+
+Per contrast ``a-b`` (fixed in ``evaluation.comparison.contrasts`` before anything runs), per
+dataset and k, on the problems both models were scored on:
+
+- ``diff``: ``pass@k(a) - pass@k(b)``.
+- ``p_value``: when every per-problem outcome is 0/1, the exact McNemar test on the paired
+  outcomes (``statsmodels.stats.contingency_tables.mcnemar(exact=True)``: a two-sided binomial
+  test of ``only_a`` against ``only_b``); otherwise (several samples per problem) a paired
+  sign-flip permutation test of the mean per-problem difference
+  (``scipy.stats.permutation_test``, ``permutation_type="samples"``; exact when the
+  ``2**m`` flips of the ``m`` non-zero differences are at most ``n_permutations``, else that
+  many random flips with a fixed seed). On 0/1 outcomes the two tests coincide.
+- ``p_holm``: Holm's step-down correction (``statsmodels.stats.multitest.multipletests``,
+  ``method="holm"``). The family is the contrasts of one dataset and one k: the primary
+  metric's verdict is corrected for the ``m`` contrasts it makes, not for the other
+  datasets' and k's (those are secondary and each has its own family).
+- ``only_a``/``only_b``: problems solved (pass@k > 0, i.e. at least one passing sample) by
+  that side alone; their task ids are in ``results.json``.
+- ``diff_low``/``diff_high``: a ``CONFIDENCE`` interval of the difference, drawn in the
+  report. 0/1 outcomes: Newcombe's hybrid score interval for paired proportions (Newcombe
+  1998, Stat. Med. 17:2635, method 10), built from the two Wilson intervals and the phi
+  correlation of the 2x2 table. Several samples: the paired t interval of the mean
+  difference (``statsmodels.stats.weightstats.DescrStatsW.tconfint_mean``). These intervals
+  are unadjusted: the decision is Holm's, not the interval's.
+- ``mde``: the minimum detectable difference, the smallest ``|diff|`` that this contrast's
+  test would detect with probability ``power`` (0.8) at the level ``alpha / m``: Holm's most
+  stringent level (the one the smallest p of the family is held to), so the bound is valid
+  whichever rank the contrast takes. Method: the paired t-test's power
+  (``statsmodels.stats.power.TTestPower``) on the ``n`` per-problem differences gives the
+  standardised effect ``e`` detected with that power; the difference's standard deviation
+  under the alternative is taken as ``sqrt(psi)`` with ``psi = max(mean |d_i|, delta)``, so
+  ``mde = e * sqrt(max(psi_obs, mde))``, i.e. ``mde = max(e * sqrt(psi_obs), e**2)``.
+  For 0/1 outcomes ``psi`` is the discordance rate (problems solved by one side only), and
+  ``sqrt(psi)`` is the standard deviation of a paired difference under McNemar's null
+  hypothesis (Connor 1987's formula for McNemar's test with the null variance on both
+  sides); a difference ``delta`` needs at least ``delta`` discordance, whence the
+  ``max``. Assumptions: problems are independent draws; the observed discordance is the
+  nuisance parameter (the plan is sized at what this run saw); a normal approximation to
+  the mean difference (checked against the exact power of the exact McNemar test by
+  enumeration: at the MDE it is 0.78-0.92 for 100-1000 problems and discordance 0-40%, and
+  tests/evaluation/test_comparison.py keeps it above 0.75); with several samples,
+  ``E[d^2] <= E|d|`` makes ``sqrt(psi)`` an upper bound of the standard deviation
+  (conservative). An MDE above 1 (no possible difference of pass@k would be detected, e.g.
+  with a handful of problems) is reported as ``inf``.
+
+The verdict (the primary metric, CodeContests pass@1) gives every model's estimate and, per
+contrast, the difference, its interval, p (Holm) and the MDE, and says "not distinguishable at
+this scale" whenever the MDE exceeds the observed ``|diff|``; a side is "ahead" only when
+``p_holm < alpha`` and ``|diff|`` reaches the MDE; otherwise the difference is "not
+significant". No Kedro, no MLflow: plain numbers in, plain numbers and a sentence out.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.stats import permutation_test
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.weightstats import DescrStatsW
 
 CONFIDENCE = 0.95
-N_RESAMPLES = 2000
+ALPHA = 0.05
+POWER = 0.8
+N_PERMUTATIONS = 9999
 SEED = 0
 PRIMARY_DATASET = "codecontests"
 PRIMARY_K = 1
-INTERVAL_METHOD = (
-    f"percentile bootstrap over problems ({N_RESAMPLES} resamples, seed {SEED}); "
-    "differences: paired bootstrap on the same problems"
+#: With one fine-tuning run per method the intervals hold only the sampling of problems.
+N_SEEDS = 1
+NOT_DISTINGUISHABLE = "not distinguishable at this scale"
+NOT_SIGNIFICANT = "not significant"
+INTERVAL_METHOD = "Wilson score interval over problems (statsmodels proportion_confint)"
+#: ``contrasts.csv``: these columns first, in this order, then :data:`EXTRA_COLUMNS`.
+CONTRAST_COLUMNS = (
+    "contrast",
+    "dataset",
+    "k",
+    "diff",
+    "p_value",
+    "p_holm",
+    "mde",
+    "n_problems",
+    "n_seeds",
 )
+EXTRA_COLUMNS = (
+    "a",
+    "b",
+    "pass_a",
+    "pass_b",
+    "only_a",
+    "only_b",
+    "test",
+    "diff_low",
+    "diff_high",
+    "interval",
+    "alpha",
+    "mde_level",
+    "m",
+    "status",
+)
+MCNEMAR = "mcnemar_exact"
+SIGN_FLIP = "sign_flip_permutation"
 
 
 def _as_array(values: Sequence[float], what: str) -> np.ndarray:
@@ -38,40 +128,33 @@ def _as_array(values: Sequence[float], what: str) -> np.ndarray:
         raise ValueError(f"{what}: expected a non-empty 1-D sequence, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{what}: values must be finite, got {values!r}")
+    if np.any((array < 0) | (array > 1)):
+        raise ValueError(f"{what}: per-problem pass@k must lie in [0, 1], got {values!r}")
     return array
 
 
-def resample_indices(n: int, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> np.ndarray:
-    """``[n_resamples, n]`` indices drawn with replacement from ``0 .. n-1``."""
-    if n < 1 or n_resamples < 1:
-        raise ValueError(f"need n >= 1 and n_resamples >= 1, got n={n}, n_resamples={n_resamples}")
-    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+def _check_level(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
-def bootstrap_interval(
-    values: Sequence[float],
-    *,
-    confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
+# --------------------------------------------------------------------------- one model
+def wilson_interval(
+    values: Sequence[float], *, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval ``(low, high)`` of the mean of ``values``.
-
-    ``values``: one number per problem (e.g. its pass@k). The same ``seed`` resamples the
-    same problem indices, so two calls on equally long inputs are paired.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    array = _as_array(values, "bootstrap_interval")
-    means = array[resample_indices(array.size, n_resamples, seed)].mean(axis=1)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
+    """Wilson score interval ``(low, high)`` of the mean of per-problem pass@k ``values``:
+    ``len(values)`` trials, ``sum(values)`` successes (see the module docstring)."""
+    _check_level("confidence", confidence)
+    array = _as_array(values, "wilson_interval")
+    low, high = proportion_confint(
+        float(array.sum()), array.size, alpha=1.0 - confidence, method="wilson"
+    )
     return float(low), float(high)
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A model's mean pass@k over ``n_problems`` problems and its interval."""
+    """A model's mean pass@k over ``n_problems`` problems and its Wilson interval."""
 
     mean: float
     low: float
@@ -79,54 +162,297 @@ class Estimate:
     n_problems: int
 
 
-def estimate(values: Sequence[float], **bootstrap: Any) -> Estimate:
-    """Mean and :func:`bootstrap_interval` of per-problem values."""
+def estimate(values: Sequence[float], *, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean and :func:`wilson_interval` of per-problem values."""
     array = _as_array(values, "estimate")
-    low, high = bootstrap_interval(array, **bootstrap)
+    low, high = wilson_interval(array, confidence=confidence)
     return Estimate(float(array.mean()), low, high, int(array.size))
 
 
+# --------------------------------------------------------------------------- paired tests
+def is_binary(*arrays: np.ndarray) -> bool:
+    """True when every value is 0 or 1 (one sample per problem, or k = n)."""
+    return all(bool(np.all((a == 0.0) | (a == 1.0))) for a in arrays)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (the concordant cells do
+    not enter the exact test)."""
+    if only_a < 0 or only_b < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {only_a}, {only_b}")
+    if only_a + only_b == 0:
+        return 1.0
+    return float(mcnemar([[0, only_a], [only_b, 0]], exact=True).pvalue)
+
+
+def sign_flip_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    n_permutations: int = N_PERMUTATIONS,
+    seed: int = SEED,
+) -> float:
+    """Two-sided paired permutation p-value of ``mean(a - b)``: each problem's pair is
+    swapped (its difference's sign flipped) at random under the null hypothesis."""
+    x, y = _as_array(a, "sign_flip_test(a)"), _as_array(b, "sign_flip_test(b)")
+    if x.shape != y.shape:
+        raise ValueError(f"sign_flip_test: {x.size} values for a but {y.size} for b")
+    # Problems with equal values contribute nothing whatever the flip: dropping them keeps the
+    # p-value and lets scipy enumerate all 2**m flips exactly when m is small.
+    keep = x != y
+    if not keep.any():
+        return 1.0
+
+    def mean_difference(u: np.ndarray, v: np.ndarray, axis: int) -> np.ndarray:
+        return np.mean(u - v, axis=axis)
+
+    result = permutation_test(
+        (x[keep], y[keep]),
+        mean_difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_permutations,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    return float(min(1.0, result.pvalue))
+
+
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[float]:
+    """Holm-adjusted p-values (``multipletests(method="holm")``), in the input order."""
+    if len(p_values) == 0:
+        return []
+    _check_level("alpha", alpha)
+    return [float(p) for p in multipletests(list(p_values), alpha=alpha, method="holm")[1]]
+
+
+def newcombe_paired_interval(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) interval for ``mean(a) - mean(b)`` of paired 0/1
+    outcomes: the Wilson intervals ``(l1, u1)``, ``(l2, u2)`` of the two proportions,
+    combined with the phi coefficient of the 2x2 table (0 when a margin is empty)."""
+    _check_level("confidence", confidence)
+    x, y = _as_array(a, "newcombe(a)"), _as_array(b, "newcombe(b)")
+    if x.shape != y.shape or not is_binary(x, y):
+        raise ValueError("newcombe_paired_interval: needs two equally long 0/1 sequences")
+    n = x.size
+    both, only_a = int(np.sum((x == 1) & (y == 1))), int(np.sum((x == 1) & (y == 0)))
+    only_b, neither = int(np.sum((x == 0) & (y == 1))), int(np.sum((x == 0) & (y == 0)))
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = proportion_confint(both + only_a, n, alpha=1 - confidence, method="wilson")
+    l2, u2 = proportion_confint(both + only_b, n, alpha=1 - confidence, method="wilson")
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = 0.0 if margins == 0 else (both * neither - only_a * only_b) / math.sqrt(margins)
+    below = (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
+    above = (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2
+    theta = p1 - p2
+    return float(theta - math.sqrt(max(below, 0.0))), float(theta + math.sqrt(max(above, 0.0)))
+
+
+def paired_t_interval(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """The t interval of the mean per-problem difference ``a - b``."""
+    _check_level("confidence", confidence)
+    d = _as_array(a, "paired_t_interval(a)") - _as_array(b, "paired_t_interval(b)")
+    if d.size < 2 or np.all(d == d[0]):
+        return float(d.mean()), float(d.mean())
+    low, high = DescrStatsW(d).tconfint_mean(alpha=1 - confidence)
+    return float(low), float(high)
+
+
+@functools.lru_cache(maxsize=256)
+def detectable_effect(n: int, level: float, power: float = POWER) -> float:
+    """Standardised effect ``mean(d) / sd(d)`` that a two-sided paired t-test on ``n``
+    differences detects with ``power`` at ``level``; ``inf`` when none is (too few
+    problems for the solver to reach ``power``)."""
+    _check_level("level", level)
+    _check_level("power", power)
+    if n < 2:
+        return math.inf
+    solver = TTestPower()
+    effect = float(solver.solve_power(effect_size=None, nobs=n, alpha=level, power=power))
+    # solve_power returns its search bound instead of failing when it cannot get there.
+    if not abs(float(solver.power(effect, n, level)) - power) < 1e-3:
+        return math.inf
+    return effect
+
+
+def minimum_detectable_difference(
+    a: Sequence[float], b: Sequence[float], *, level: float, power: float = POWER
+) -> float:
+    """``max(e * sqrt(psi), e**2)``: the module docstring's MDE with ``e`` =
+    :func:`detectable_effect` and ``psi = mean |a - b|``; ``inf`` above 1."""
+    d = _as_array(a, "mde(a)") - _as_array(b, "mde(b)")
+    effect = detectable_effect(int(d.size), level, power)
+    psi = float(np.mean(np.abs(d)))
+    mde = max(effect * math.sqrt(psi), effect**2)
+    return mde if mde <= 1.0 else math.inf
+
+
+# --------------------------------------------------------------------------- contrasts
 @dataclass(frozen=True)
-class Difference:
-    """``best - other`` on the shared problems, with its paired bootstrap interval."""
+class ContrastResult:
+    """One pre-registered contrast on one dataset and k (a row of ``contrasts.csv``)."""
 
-    other: str
+    contrast: str
+    dataset: str
+    k: int
     diff: float
-    low: float
-    high: float
+    p_value: float
+    p_holm: float
+    mde: float
+    n_problems: int
+    n_seeds: int
+    a: str
+    b: str
+    pass_a: float
+    pass_b: float
+    only_a: int
+    only_b: int
+    test: str
+    diff_low: float
+    diff_high: float
+    interval: str
+    alpha: float
+    mde_level: float
+    m: int
+    status: str
+    only_a_tasks: list[str] = field(default_factory=list)
+    only_b_tasks: list[str] = field(default_factory=list)
 
-    @property
-    def larger_than_interval(self) -> bool:
-        """True when the whole interval is above 0: ``best`` is ahead beyond the noise."""
-        return self.low > 0.0
+    def row(self) -> dict[str, Any]:
+        """The CSV row: :data:`CONTRAST_COLUMNS` then :data:`EXTRA_COLUMNS` (no task lists)."""
+        return {c: getattr(self, c) for c in (*CONTRAST_COLUMNS, *EXTRA_COLUMNS)}
 
 
-def paired_difference(
-    best: Sequence[float], other: Sequence[float], name: str, **bootstrap: Any
-) -> Difference:
-    """Mean of ``best - other`` (aligned per problem) and its bootstrap interval."""
-    a, b = _as_array(best, "paired_difference(best)"), _as_array(other, name)
-    if a.shape != b.shape:
-        raise ValueError(f"paired_difference: {a.size} values for best but {b.size} for {name}")
-    diff = a - b
-    low, high = bootstrap_interval(diff, **bootstrap)
-    return Difference(name, float(diff.mean()), low, high)
+def contrast_name(a: str, b: str) -> str:
+    """``a-b``: the difference is ``pass@k(a) - pass@k(b)``."""
+    return f"{a}-{b}"
 
 
+def status(diff: float, p_holm: float, mde: float, a: str, b: str, alpha: float) -> str:
+    """The contrast's reading: :data:`NOT_DISTINGUISHABLE` when the MDE exceeds ``|diff|``
+    (or is unknown); else ``"<winner> ahead"`` when ``p_holm < alpha``; else
+    :data:`NOT_SIGNIFICANT`."""
+    if not mde <= abs(diff):
+        return NOT_DISTINGUISHABLE
+    if p_holm < alpha:
+        return f"{a if diff > 0 else b} ahead"
+    return NOT_SIGNIFICANT
+
+
+def _paired(
+    a: Mapping[str, float], b: Mapping[str, float]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    shared = sorted(set(a) & set(b))
+    return (
+        shared,
+        np.array([a[t] for t in shared], dtype=np.float64),
+        np.array([b[t] for t in shared], dtype=np.float64),
+    )
+
+
+def compare_contrasts(
+    per_problem: Mapping[tuple[str, int], Mapping[str, Mapping[str, float]]],
+    contrasts: Sequence[tuple[str, str]],
+    *,
+    alpha: float = ALPHA,
+    power: float = POWER,
+    confidence: float = CONFIDENCE,
+    n_permutations: int = N_PERMUTATIONS,
+    seed: int = SEED,
+    n_seeds: int = N_SEEDS,
+) -> list[ContrastResult]:
+    """Every contrast on every ``(dataset, k)`` of ``per_problem`` (``{(dataset, k): {model:
+    {task_id: pass@k}}}``) where both of its models have shared problems, with Holm's
+    correction over the contrasts of each ``(dataset, k)``.
+
+    Raises ValueError for a contrast of a model with itself; a contrast whose model has no
+    values for a ``(dataset, k)`` has no row there.
+    """
+    _check_level("alpha", alpha)
+    for a, b in contrasts:
+        if a == b:
+            raise ValueError(f"contrast {contrast_name(a, b)}: a model against itself")
+    out: list[ContrastResult] = []
+    for (dataset, k), models in sorted(per_problem.items()):
+        family = []
+        for a, b in contrasts:
+            if a not in models or b not in models:
+                continue
+            shared, x, y = _paired(models[a], models[b])
+            if shared:
+                family.append((a, b, shared, x, y))
+        m = len(family)
+        level = alpha / m if m else alpha
+        rows = []
+        for a, b, shared, x, y in family:
+            binary = is_binary(x, y)
+            only_a = [t for t, u, v in zip(shared, x, y, strict=True) if u > 0 and v == 0]
+            only_b = [t for t, u, v in zip(shared, x, y, strict=True) if v > 0 and u == 0]
+            if binary:
+                p_value = mcnemar_exact(len(only_a), len(only_b))
+                low, high = newcombe_paired_interval(x, y, confidence=confidence)
+            else:
+                p_value = sign_flip_test(x, y, n_permutations=n_permutations, seed=seed)
+                low, high = paired_t_interval(x, y, confidence=confidence)
+            rows.append(
+                {
+                    "contrast": contrast_name(a, b),
+                    "dataset": dataset,
+                    "k": int(k),
+                    "diff": float(x.mean() - y.mean()),
+                    "p_value": p_value,
+                    "mde": minimum_detectable_difference(x, y, level=level, power=power),
+                    "n_problems": len(shared),
+                    "n_seeds": n_seeds,
+                    "a": a,
+                    "b": b,
+                    "pass_a": float(x.mean()),
+                    "pass_b": float(y.mean()),
+                    "only_a": len(only_a),
+                    "only_b": len(only_b),
+                    "test": MCNEMAR if binary else SIGN_FLIP,
+                    "diff_low": low,
+                    "diff_high": high,
+                    "interval": (
+                        f"{int(confidence * 100)}% "
+                        + ("Newcombe paired score" if binary else "paired t")
+                    ),
+                    "alpha": alpha,
+                    "mde_level": level,
+                    "m": m,
+                    "only_a_tasks": only_a,
+                    "only_b_tasks": only_b,
+                }
+            )
+        for row, p_holm in zip(rows, holm([r["p_value"] for r in rows], alpha), strict=True):
+            verdict = status(row["diff"], p_holm, row["mde"], row["a"], row["b"], alpha)
+            out.append(ContrastResult(p_holm=p_holm, status=verdict, **row))
+    return out
+
+
+# --------------------------------------------------------------------------- the verdict
 @dataclass(frozen=True)
 class Verdict:
-    """Which model did best on one metric, and whether it is ahead beyond the interval."""
+    """The per-model estimates and the pre-registered contrasts on one metric."""
 
     dataset: str
     k: int
     estimates: dict[str, Estimate]
-    best: str | None
-    differences: list[Difference] = field(default_factory=list)
+    contrasts: list[ContrastResult] = field(default_factory=list)
+    alpha: float = ALPHA
+    power: float = POWER
+    n_seeds: int = N_SEEDS
     text: str = ""
 
     @property
     def models_differ(self) -> bool:
-        return any(d.larger_than_interval for d in self.differences)
+        """True when some contrast has a side ahead (``p_holm < alpha`` and ``|diff|`` at
+        least the MDE)."""
+        return any(c.status.endswith(" ahead") for c in self.contrasts)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -140,75 +466,68 @@ def _fmt(estimate: Estimate) -> str:
     return f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
 
 
+def _contrast_sentence(c: ContrastResult) -> str:
+    mde = "inf" if math.isinf(c.mde) else f"{c.mde:.3f}"
+    return (
+        f"{c.a} - {c.b}: {c.diff:+.3f} [{c.diff_low:+.3f}, {c.diff_high:+.3f}] "
+        f"(solved by one side only: {c.only_a} vs {c.only_b}), p = {c.p_value:.3g}, "
+        f"p_holm = {c.p_holm:.3g}, MDE {mde}: {c.status}"
+        + (
+            f" (p_holm < {c.alpha} but below the MDE: underpowered, not called ahead)"
+            if c.status == NOT_DISTINGUISHABLE and c.p_holm < c.alpha
+            else ""
+        )
+        + "."
+    )
+
+
 def compare(
     per_problem: Mapping[str, Mapping[str, float]],
+    contrasts: Sequence[ContrastResult] = (),
     *,
     dataset: str = PRIMARY_DATASET,
     k: int = PRIMARY_K,
-    **bootstrap: Any,
+    alpha: float = ALPHA,
+    power: float = POWER,
+    n_seeds: int = N_SEEDS,
 ) -> Verdict:
-    """The verdict on one metric from ``{model: {task_id: per-problem pass@k}}``.
-
-    Only problems every model was scored on are used (pairing needs the same problems).
-    The best model is the one with the highest mean; a tie for the top, or every other model
-    within the paired interval, reads "do not differ at this scale".
-    """
+    """The verdict on one metric: each model's estimate from ``{model: {task_id: pass@k}}``
+    and the sentence for each of ``contrasts`` (:func:`compare_contrasts` rows; those of
+    other metrics are ignored)."""
     label = f"{dataset} pass@{k}"
-    if not per_problem:
-        return Verdict(dataset, k, {}, None, text=f"No model has a {label} to compare.")
-    shared = sorted(set.intersection(*(set(v) for v in per_problem.values())))
-    if not shared:
-        return Verdict(
-            dataset, k, {}, None, text=f"The models share no {dataset} problem: no verdict."
-        )
-    values = {m: np.array([per_problem[m][t] for t in shared]) for m in per_problem}
-    estimates = {m: estimate(v, **bootstrap) for m, v in values.items()}
-    ranked = sorted(estimates, key=lambda m: -estimates[m].mean)
-    best = ranked[0]
-    scale = f"{len(shared)} problems, {int(CONFIDENCE * 100)}% intervals"
-    if len(ranked) == 1:
-        return Verdict(
-            dataset,
-            k,
-            estimates,
-            best,
-            text=f"Only {best} was evaluated: {label} = {_fmt(estimates[best])} ({scale}).",
-        )
-    differences = [paired_difference(values[best], values[m], m, **bootstrap) for m in ranked[1:]]
-    top = estimates[best].mean
-    if all(e.mean == top for e in estimates.values()):
-        text = (
-            f"On {label} ({scale}) every model scores {top:.3f}: "
-            "the methods do not differ at this scale."
-        )
-        return Verdict(dataset, k, estimates, None, differences, text)
-    if estimates[ranked[1]].mean == top:
-        tied = [m for m in ranked if estimates[m].mean == top]
-        text = (
-            f"On {label} ({scale}) {', '.join(tied)} tie for best at {top:.3f}: "
-            "the methods do not differ at this scale."
-        )
-        return Verdict(dataset, k, estimates, None, differences, text)
-    ahead = [d for d in differences if d.larger_than_interval]
-    within = [d for d in differences if not d.larger_than_interval]
-    runner = differences[0]
+    estimates = {m: estimate(list(v.values())) for m, v in per_problem.items() if v}
+    if not estimates:
+        return Verdict(dataset, k, {}, text=f"No model has a {label} to compare.")
+    rows = [c for c in contrasts if (c.dataset, c.k) == (dataset, k)]
+    n_problems = sorted({e.n_problems for e in estimates.values()})
+    problems = "/".join(str(n) for n in n_problems)
     text = (
-        f"On {label} ({scale}) {best} did best with {_fmt(estimates[best])}; "
-        f"its lead over the runner-up {runner.other} is {runner.diff:+.3f} "
-        f"(paired interval [{runner.low:+.3f}, {runner.high:+.3f}]). "
+        f"On {label} ({problems} problems; {int(CONFIDENCE * 100)}% Wilson intervals): "
+        + ", ".join(f"{m} {_fmt(e)}" for m, e in estimates.items())
+        + ". "
     )
-    if not ahead:
+    if not rows:
         text += (
-            "No difference is larger than its interval: the methods do not differ at this scale."
+            "No pre-registered contrast applies (evaluation.comparison.contrasts): "
+            "the models are not compared."
         )
-    elif not within:
-        text += f"{best} is ahead of every other model by more than the interval."
     else:
+        tests = sorted({c.test.replace("_", " ") for c in rows})
         text += (
-            f"{best} is ahead of {', '.join(d.other for d in ahead)} by more than the interval, "
-            f"but not distinguishable from {', '.join(d.other for d in within)}."
+            f"Pre-registered contrasts (diff = a - b, paired on the same problems; "
+            f"{' / '.join(tests)}; Holm over the {len(rows)} contrasts of {label}, "
+            f"alpha = {alpha}; MDE: the smallest difference detected with "
+            f"{int(power * 100)}% power at alpha/{len(rows)} = {alpha / len(rows):.4g}): "
+            + " ".join(_contrast_sentence(c) for c in rows)
+            + " "
         )
-    return Verdict(dataset, k, estimates, best, differences, text)
+    text += (
+        f"{n_seeds} seed per method: training variance is not in these intervals or tests, "
+        "which measure only the sampling of problems."
+        if n_seeds == 1
+        else f"{n_seeds} seeds per method."
+    )
+    return Verdict(dataset, k, estimates, rows, alpha, power, n_seeds, text)
 
 
 def per_problem_values(
@@ -226,3 +545,18 @@ def per_problem_values(
         and (difficulty is None or str(row.get("difficulty")) == str(difficulty))
         and key in row
     }
+
+
+def per_metric_values(
+    summaries: Mapping[str, Mapping[str, Any]],
+) -> dict[tuple[str, int], dict[str, dict[str, float]]]:
+    """``{(dataset, k): {model: {task_id: pass@k}}}`` over every dataset and k of the
+    ``summaries`` (``{model: summarise(...)}``); a model without a metric is absent there."""
+    out: dict[tuple[str, int], dict[str, dict[str, float]]] = {}
+    for model, summary in summaries.items():
+        for dataset in summary["per_dataset"]:
+            for k in summary["ks"]:
+                values = per_problem_values(summary, dataset, int(k))
+                if values:
+                    out.setdefault((dataset, int(k)), {})[model] = values
+    return out

@@ -1,13 +1,13 @@
-"""The comparison report across models: tidy tables with intervals, a pass@k bar chart, the
-methods' training curves and an HTML page with the verdict.
+"""The comparison report across models: tidy tables with intervals, the pass@k chart with the
+pre-registered contrasts, the methods' training curves and an HTML page with the verdict.
 
 Input is ``{model_name: result}`` where a result is what the evaluation pipeline records for
 one model: ``{"summary": scoring.summarise(...), "generation": {...}}`` (``generation`` may
 hold ``mean_generated_tokens``, ``acceptance_rate``, ``tokens_per_forward``). The canonical
-solutions are scored like a model (named ``canonical`` by default) and drawn as the upper
-reference where they are measured (pass@1: one solution per problem): a hatched bar and a
-dashed line over each dataset. Intervals and the verdict come from
-:mod:`weighted_mtp.evaluation.comparison`.
+solutions are scored like a model (named ``canonical`` by default): they are the harness
+check, written in the title of each dataset's pass@1 panel, not drawn, so that each panel's
+y axis is the models' own range and their differences are visible. Intervals, contrasts and
+the verdict come from :mod:`weighted_mtp.evaluation.comparison`.
 
 Plots use matplotlib's object API on an Agg canvas (no pyplot, no global backend switch), so
 the module is safe in worker threads and leaves no figures registered.
@@ -27,13 +27,16 @@ from matplotlib.figure import Figure
 
 from weighted_mtp.evaluation.comparison import (
     CONFIDENCE,
+    CONTRAST_COLUMNS,
     INTERVAL_METHOD,
-    bootstrap_interval,
     per_problem_values,
+    wilson_interval,
 )
 from weighted_mtp.evaluation.scoring import pass_at_k_table
 
 REFERENCE_MODEL = "canonical"
+#: The report's contrast table: ``contrasts.csv``'s columns, then these.
+CONTRAST_EXTRA_SHOWN = ("only_a", "only_b", "diff_low", "diff_high", "test", "status")
 OVERVIEW_COLUMNS = (
     "model",
     "dataset",
@@ -49,8 +52,8 @@ OVERVIEW_COLUMNS = (
 def tidy_table(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, dataset, difficulty, k): ``model, dataset, difficulty, k,
     pass_at_k, ci_low, ci_high, n_problems, n_samples``; ``difficulty`` is None for a whole
-    dataset. ``ci_low``/``ci_high``: the bootstrap interval over the group's problems
-    (:mod:`weighted_mtp.evaluation.comparison`)."""
+    dataset. ``ci_low``/``ci_high``: the Wilson interval over the group's problems
+    (:func:`weighted_mtp.evaluation.comparison.wilson_interval`)."""
     rows: list[dict[str, Any]] = []
     for model, result in results.items():
         summary = result["summary"]
@@ -62,9 +65,7 @@ def tidy_table(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
                 else summary["per_difficulty"][dataset][difficulty]
             )
             values = per_problem_values(summary, dataset, k, difficulty)
-            # In task-id order, as comparison.compare resamples them: the table's interval and
-            # the verdict's are then the same numbers for the same problems.
-            low, high = bootstrap_interval([values[t] for t in sorted(values)])
+            low, high = wilson_interval(list(values.values()))
             rows.append({**row, "ci_low": low, "ci_high": high, "n_samples": group["n_samples"]})
     return rows
 
@@ -95,84 +96,144 @@ def overview_table(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def _whole_dataset(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if r.get("difficulty") is None or is_missing(r.get("difficulty"))]
+
+
 def plot_pass_at_k(
-    rows: Sequence[Mapping[str, Any]], *, reference: str = REFERENCE_MODEL
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    contrasts: Sequence[Mapping[str, Any]] = (),
+    reference: str = REFERENCE_MODEL,
 ) -> Figure:
-    """Grouped bars of pass@k per dataset (x) and model (colour), one panel per k.
+    """pass@k per model, one panel per dataset (column) and k (row); when ``contrasts`` are
+    given, each k's row is followed by a row of the pre-registered differences.
 
     ``rows``: :func:`tidy_table` rows; only whole-dataset rows (difficulty None) are drawn.
-    Each bar carries its interval (``ci_low``/``ci_high``) as an error bar; the x labels give
-    the problems and samples behind each dataset. The ``reference`` model (the canonical
-    solutions, one per problem) is drawn only where it was measured, i.e. in the pass@1
-    panel: a hatched bar at the right of each group and a dashed line across the group.
+    Each model is a point with its interval (``ci_low``/``ci_high``) as an error bar, and each
+    panel has its own y axis spanning the models' intervals (not 0..1): at micro scale the
+    models sit near 0 and differ by a few problems, and a dataset of 10 problems has far wider
+    intervals than one of 100. The ``reference`` model (the canonical solutions, the harness
+    check, measured at pass@1 only) is not drawn: its pass@1 is written in the panel's title,
+    beside the problems and samples behind the dataset.
+
+    ``contrasts``: ``contrasts.csv`` rows (``contrast, dataset, k, diff, diff_low,
+    diff_high, interval, p_holm, mde``): a point per contrast at its difference, the interval
+    as an error bar, a line at 0, and ``p_holm``/``mde`` written above it.
     """
-    whole = [r for r in rows if r.get("difficulty") is None or is_missing(r.get("difficulty"))]
+    whole = _whole_dataset(rows)
     ks = sorted({int(r["k"]) for r in whole}) or [1]
-    datasets = sorted({r["dataset"] for r in whole})
-    models = list(dict.fromkeys(r["model"] for r in whole))
+    datasets = sorted({r["dataset"] for r in whole}) or [""]
+    models = list(dict.fromkeys(r["model"] for r in whole if r["model"] != reference))
     by_key = {(r["model"], r["dataset"], int(r["k"])): r for r in whole}
-    counts: dict[str, tuple[int, int]] = {}
-    for r in whole:
-        if r["model"] != reference and int(r["k"]) == ks[0]:
-            n_problems, n_samples = counts.get(r["dataset"], (0, 0))
-            counts[r["dataset"]] = (
-                max(n_problems, int(r["n_problems"])),
-                max(n_samples, int(r.get("n_samples") or 0)),
-            )
-    width = 0.8 / max(1, len(models))
     palette = colours(models)
-    fig = Figure(figsize=(1.5 + 2.4 * len(datasets) * len(ks), 4.6), layout="constrained")
+    blocks = 2 if contrasts else 1
+    fig = Figure(figsize=(2.5 + 3.4 * len(datasets), 3.9 * blocks * len(ks)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(ks), squeeze=False)[0]
-    for ax, k in zip(axes, ks, strict=True):
-        for m_index, model in enumerate(models):
-            is_reference = model == reference
-            drawn = [
-                (d_index, by_key[(model, dataset, k)])
-                for d_index, dataset in enumerate(datasets)
-                if (model, dataset, k) in by_key
-            ]
-            if not drawn:
-                continue
-            xs = [d - 0.4 + width * (m_index + 0.5) for d, _ in drawn]
-            heights = [float(r["pass_at_k"]) for _, r in drawn]
-            errors = None
-            if all("ci_low" in r and not is_missing(r["ci_low"]) for _, r in drawn):
-                errors = [
-                    [h - float(r["ci_low"]) for h, (_, r) in zip(heights, drawn, strict=True)],
-                    [float(r["ci_high"]) - h for h, (_, r) in zip(heights, drawn, strict=True)],
-                ]
-            ax.bar(
-                xs,
-                heights,
-                width=width,
-                label=model,
-                color="white" if is_reference else palette[model],
-                edgecolor="0.3" if is_reference else None,
-                hatch="//" if is_reference else None,
-                yerr=None if is_reference else errors,
-                error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.2"},
-            )
-            if is_reference:
-                for (d_index, _), h in zip(drawn, heights, strict=True):
-                    ax.hlines(h, d_index - 0.45, d_index + 0.45, colors="0.3", linestyles="dashed")
-            for x, h in zip(xs, heights, strict=True):
-                ax.annotate(f"{h:.2f}", (x, h), ha="center", va="bottom", fontsize=7)
-        labels = [
-            f"{d}\n{counts[d][0]} problems, {counts[d][1]} samples" if d in counts else d
-            for d in datasets
-        ]
-        ax.set_xticks(range(len(datasets)), labels, fontsize=8)
-        ax.set_ylim(0, 1.12)
-        ax.set_title(f"pass@{k}" + ("" if k == 1 else f" ({reference}: pass@1 only, not drawn)"))
-        ax.set_ylabel(f"pass@{k} (bars: {int(CONFIDENCE * 100)}% bootstrap interval)")
-        ax.grid(axis="y", alpha=0.3)
+    grid = fig.subplots(blocks * len(ks), len(datasets), squeeze=False)
+    for k_index, k in enumerate(ks):
+        for ax, dataset in zip(grid[blocks * k_index], datasets, strict=True):
+            _plot_models(ax, [by_key.get((m, dataset, k)) for m in models], models, palette)
+            drawn = [by_key[(m, dataset, k)] for m in models if (m, dataset, k) in by_key]
+            title = f"{dataset} pass@{k}"
+            if drawn:
+                n_samples = max(int(r.get("n_samples") or 0) for r in drawn)
+                n_problems = max(int(r["n_problems"]) for r in drawn)
+                title += f"\n{n_problems} problems, {n_samples} samples"
+            canonical = by_key.get((reference, dataset, k))
+            if canonical is not None:
+                title += f"\n{reference} (harness check): {float(canonical['pass_at_k']):.2f}"
+            ax.set_title(title, fontsize=8.5)
+            ax.set_ylabel(f"pass@{k} ({int(CONFIDENCE * 100)}% Wilson interval)", fontsize=8)
+        if contrasts:
+            for ax, dataset in zip(grid[blocks * k_index + 1], datasets, strict=True):
+                _plot_contrasts(
+                    ax, [c for c in contrasts if (c["dataset"], int(c["k"])) == (dataset, k)]
+                )
+                ax.set_title(f"{dataset} pass@{k}: pre-registered contrasts a - b", fontsize=8.5)
     handles: dict[str, Any] = {}
-    for ax in axes:
+    for ax in grid.flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
     return fig
+
+
+def _plot_models(
+    ax: Any,
+    rows: Sequence[Mapping[str, Any] | None],
+    models: Sequence[str],
+    palette: Mapping[str, str],
+) -> None:
+    top = 0.0
+    for index, (model, row) in enumerate(zip(models, rows, strict=True)):
+        if row is None:
+            continue
+        height = float(row["pass_at_k"])
+        errors = None
+        if "ci_low" in row and not is_missing(row["ci_low"]):
+            errors = [[height - float(row["ci_low"])], [float(row["ci_high"]) - height]]
+            top = max(top, float(row["ci_high"]))
+        top = max(top, height)
+        ax.errorbar(
+            [index],
+            [height],
+            yerr=errors,
+            fmt="o",
+            markersize=6,
+            color=palette[model],
+            elinewidth=1.2,
+            capsize=3,
+            label=model,
+        )
+        ax.annotate(
+            f"{height:.2f}", (index, height), xytext=(5, 0), textcoords="offset points", fontsize=7
+        )
+    ax.set_xticks(range(len(models)), [m.removesuffix("_model") for m in models], fontsize=8)
+    ax.set_xlim(-0.6, len(models) - 0.4)
+    ax.set_ylim(-0.01, max(0.05, top * 1.15))
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_contrasts(ax: Any, contrasts: Sequence[Mapping[str, Any]]) -> None:
+    names = [str(c["contrast"]) for c in contrasts]
+    # A contrast takes the colour of its first model (verifiable_model-baseline_model: green).
+    palette = colours([name.split("-")[0] for name in names])
+    ax.axhline(0.0, color="0.3", linewidth=0.8)
+    for index, c in enumerate(contrasts):
+        diff = float(c["diff"])
+        ax.errorbar(
+            [index],
+            [diff],
+            yerr=[[diff - float(c["diff_low"])], [float(c["diff_high"]) - diff]],
+            fmt="s",
+            markersize=5,
+            color=palette[names[index].split("-")[0]],
+            elinewidth=1.2,
+            capsize=3,
+            label=f"{names[index]} (diff a - b)",
+        )
+        mde = float(c["mde"])
+        ax.annotate(
+            f"p_holm {float(c['p_holm']):.2g}\nmde {'inf' if math.isinf(mde) else f'{mde:.2f}'}",
+            (index, float(c["diff_high"])),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+        )
+    ax.set_xticks(
+        range(len(names)),
+        [n.replace("_model", "").replace("-", " -\n") for n in names],
+        fontsize=7.5,
+    )
+    ax.set_xlim(-0.6, max(1, len(names)) - 0.4)
+    intervals = sorted({str(c["interval"]) for c in contrasts})
+    ax.set_ylabel(f"difference ({' / '.join(intervals)} interval)", fontsize=7.5)
+    ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.3)
+    if not contrasts:
+        ax.text(0.5, 0.5, "no contrast here", ha="center", va="center", transform=ax.transAxes)
 
 
 def is_missing(value: Any) -> bool:
@@ -300,10 +361,11 @@ def render_html(
     verdict: str | None = None,
     training_png: bytes | None = None,
     interval_method: str = INTERVAL_METHOD,
+    contrasts: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """A self-contained HTML page: the verdict, the charts (embedded as data URIs, so the page
-    works as a lone MLflow artifact), the per-dataset overview and the tidy pass@k table with
-    its intervals."""
+    works as a lone MLflow artifact), the pre-registered contrasts (``contrasts.csv`` rows),
+    the per-dataset overview and the tidy pass@k table with its intervals."""
     overview = overview_table(results)
     ks = sorted({k for r in results.values() for k in r["summary"]["ks"]})
     overview_columns = [*OVERVIEW_COLUMNS[:5], *[f"pass@{k}" for k in ks], *OVERVIEW_COLUMNS[5:]]
@@ -328,6 +390,16 @@ def render_html(
         + (
             "<h2>Training curves</h2>" + image(training_png, "training curves per method")
             if training_png
+            else ""
+        )
+        + (
+            "<h2>Pre-registered contrasts (diff = a - b; contrasts.csv)</h2>"
+            + "<p>p_value: exact McNemar (one sample per problem) or paired sign-flip "
+            "permutation test; p_holm: Holm over the contrasts of one dataset and k; mde: the "
+            "smallest difference detected with 80% power at alpha/m; only_a, only_b: problems "
+            "solved by one side alone; diff_low, diff_high: unadjusted interval of the "
+            "difference.</p>" + html_table(contrasts, [*CONTRAST_COLUMNS, *CONTRAST_EXTRA_SHOWN])
+            if contrasts
             else ""
         )
         + "<h2>Per dataset</h2>"

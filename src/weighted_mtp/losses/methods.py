@@ -265,15 +265,18 @@ class VerifiableMethod(Method):
         _report_mtp(metrics, out.head_losses, "train")
         metrics.add_moments("td", td[mask])
         metrics.add_moments("weights", weights[mask])
-        if bool(mask.any()):
-            metrics.add_min("weights/min", weights[mask].min())
-            metrics.add_max("weights/max", weights[mask].max())
+        # No host read per micro-batch: an empty mask gives +-inf, which min/max over nothing
+        # leaves out (metric_values).
+        metrics.add_min("weights/min", torch.where(mask, weights, torch.inf).amin())
+        metrics.add_max("weights/max", torch.where(mask, weights, -torch.inf).amax())
         ent = normalized_entropy(weights, mask)
         ok = ~torch.isnan(ent)
         metrics.add_mean("weights/entropy", ent[ok].sum(), ok.sum())
         frac = clipped_fraction(td, mask, self.beta, self.w_min, self.w_max)
-        if not torch.isnan(frac):
-            metrics.add_mean("weights/clipped_fraction", frac * mask.sum(), mask.sum())
+        # NaN exactly when the mask is empty: then the count is 0 and the pair adds nothing.
+        metrics.add_mean(
+            "weights/clipped_fraction", torch.nan_to_num(frac) * mask.sum(), mask.sum()
+        )
         seq_mean = sequence_mean(weights, mask)
         has = ~torch.isnan(seq_mean)
         # Pooled over the step's sequences on every rank (a per-micro-batch correlation of a

@@ -1,5 +1,7 @@
 """Model directory files: local paths and fsspec URLs (``s3://...``), SHA256 of files, atomic
-directory writes and local cached copies of remote directories.
+directory writes and local cached copies of remote directories (one download per machine: the
+processes that need the same copy take turns on a file lock, and those after the first find it
+done).
 
 The format of what such a directory holds (``params.json``, safetensors, ``metadata.json``)
 lives in :mod:`weighted_mtp.model_io.model_dir`, which re-exports the names defined here.
@@ -7,6 +9,8 @@ lives in :mod:`weighted_mtp.model_io.model_dir`, which re-exports the names defi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -14,7 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +120,31 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "weighted_mtp" / "models")
 
 
+@contextlib.contextmanager
+def _exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent) while the block runs.
+
+    The kernel drops the lock when the holder exits, even when it is killed, so a crashed
+    download never blocks the next one."""
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process to finish copying %s", what)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _cached_listing(listing: Path) -> Any:
+    try:
+        return json.loads(listing.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def local_model_dir(
     model_dir: str | os.PathLike,
     *,
@@ -125,7 +154,10 @@ def local_model_dir(
     """A local path holding ``model_dir``'s files: the path itself when local, else a cached copy.
 
     The cache entry (named by the URL's hash) is reused while the remote listing (names and
-    sizes) is unchanged; a new copy is downloaded beside it and renamed into place.
+    sizes) is unchanged; a new copy is downloaded beside it and renamed into place. Safe to call
+    from every rank of a node at once: the copy is made under an exclusive file lock
+    (``.<entry>.lock`` in the cache directory), so the first process downloads while the others
+    wait, then find the finished copy and download nothing.
     """
     fs, root = open_fs(model_dir, storage_options)
     if is_local(fs):
@@ -150,21 +182,29 @@ def local_model_dir(
     key = hashlib.sha256(f"{protocol}://{root}".encode()).hexdigest()[:16]
     target = cache_root / f"{Path(root).name}-{key}"
     listing = target / _LISTING_FILE
-    if listing.is_file() and json.loads(listing.read_text()) == remote:
+    if _cached_listing(listing) == remote:
         return target
     cache_root.mkdir(parents=True, exist_ok=True)
-    staging = cache_root / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        for name in sorted(remote):
-            local = staging / name
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{root}/{name}", str(local))
-        (staging / _LISTING_FILE).write_text(json.dumps(remote, sort_keys=True))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with _exclusive_lock(cache_root / f".{target.name}.lock", str(model_dir)):
+        # Whoever held the lock before us may have just made this very copy.
+        if _cached_listing(listing) == remote:
+            logger.info("%s: using the copy another process just made in %s", model_dir, target)
+            return target
+        staging = cache_root / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        old = cache_root / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        try:
+            for name in sorted(remote):
+                local = staging / name
+                local.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{root}/{name}", str(local))
+            (staging / _LISTING_FILE).write_text(json.dumps(remote, sort_keys=True))
+            # Renamed aside, not deleted in place: a reader never sees a half-deleted copy.
+            if target.exists():
+                os.replace(target, old)
+            os.replace(staging, target)
+        finally:
+            for leftover in (staging, old):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
     logger.info("copied %s (%d files) to %s", model_dir, len(remote), target)
     return target

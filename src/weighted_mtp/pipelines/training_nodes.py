@@ -41,6 +41,7 @@ from weighted_mtp.model_io.tokenizer_check import (
 )
 from weighted_mtp.training.config import ReferenceTuningParams, RuntimeParams, TrainingParams
 from weighted_mtp.training.data_plan import build_data_plan
+from weighted_mtp.training.run_identity import RunIdentity, run_identity
 from weighted_mtp.training.spec import JobSpec
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ def checkpoint_paths(
 ) -> tuple[str | None, str | None]:
     """``(local checkpoint directory, remote mirror URL)`` for a job: a local catalog location
     is used as is; a remote one gets a stable local staging directory beside the runs (so a
-    restarted node finds what it wrote before the crash)."""
+    restarted node finds what it wrote before the crash). Both are the method's location: each
+    run identity has its subdirectory in them (``<location>/<identity[:16]>/step_*``)."""
     if checkpoints is None:
         return None, None
     if checkpoints.is_local:
@@ -254,6 +256,31 @@ def lineage_metadata(method: str, init_model: ModelDirectory | HFModelDirectory)
     return meta
 
 
+def job_identity(
+    method: str,
+    params: TrainingParams,
+    runtime: RuntimeParams,
+    plan_sha256: str,
+    init_model: ModelDirectory | HFModelDirectory,
+    reference_model: HFModelDirectory | None = None,
+) -> RunIdentity:
+    """The job's run identity (:func:`weighted_mtp.training.run_identity.run_identity`),
+    computed here once, with the catalog entries' storage options (credentials included: the
+    model fingerprints are read from the stores), and written into the spec."""
+    return run_identity(
+        method,
+        params,
+        runtime,
+        plan_sha256=plan_sha256,
+        init_model=init_model.path,
+        reference_model=reference_model.path if reference_model is not None else None,
+        init_storage_options=init_model.storage_options,
+        reference_storage_options=(
+            reference_model.storage_options if reference_model is not None else None
+        ),
+    )
+
+
 def absolute_tracking_uri(uri: str) -> str:
     """``uri`` with a relative local store (``sqlite:///mlflow.db``, ``mlruns``) made absolute:
     the workers may start in another directory, where it would be a new, empty store."""
@@ -345,6 +372,16 @@ def launch_training_job(
         data = [train_jsonl, *([valid_jsonl] if valid_jsonl is not None else [])]
         stores = [checkpoints] if checkpoints is not None else []
         checkpoint_dir, checkpoint_url = checkpoint_paths(checkpoints, training_runs, method)
+        identity = job_identity(
+            method, params, runtime, plan.fingerprint(), init_model, reference_model
+        )
+        logger.info(
+            "%s: run identity %s (checkpoints in %s/%s)",
+            method,
+            identity.short,
+            checkpoint_url or checkpoint_dir or run_dir / "checkpoints",
+            identity.short,
+        )
         spec = JobSpec(
             method=method,
             run_dir=str(run_dir),
@@ -362,9 +399,11 @@ def launch_training_job(
             extra_metadata={
                 **lineage_metadata(method, init_model),
                 **({"reference_model": reference_model.path} if reference_model else {}),
+                "run_identity": identity.digest,
             },
             checkpoint_dir=checkpoint_dir,
             checkpoint_url=checkpoint_url,
+            identity=identity,
         )
         plan.save(spec.plan_path)
 

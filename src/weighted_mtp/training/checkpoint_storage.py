@@ -1,18 +1,23 @@
 """Where resume checkpoints live: a local directory, mirrored to an fsspec URL (``s3://``).
 
-Checkpoints are always written to a local directory first (atomic rename, fast). When the
-catalog puts them on an object store, a background thread uploads each finished checkpoint
-(files first, the manifest last, so a remote directory with a manifest is complete), retrying
-with backoff; a step never waits for it. A failed upload is reported at once (log and the
+Both are a method's checkpoint location; a run uses the subdirectory of its run identity
+(:meth:`CheckpointStorage.select_identity`), locally and remotely alike. Checkpoints are always
+written to a local directory first (atomic rename, fast). Rank 0's checkpoint thread then
+commits each one (the SHA256 manifest: minutes at 7B, which no rank waits for) and prunes
+to ``keep_last``, and when the catalog puts checkpoints on an object store uploads it (files
+first, the manifest last, so a remote directory with a manifest is complete), retrying with
+backoff; a step never waits for it. A failed upload is reported at once (log and the
 ``on_failure`` callback, which the loop points at MLflow), and :meth:`finish` raises when the
-last checkpoint never reached the store. Before resuming, :meth:`fetch_latest` downloads the
-newest complete remote checkpoint that is newer than what the local directory holds.
+last checkpoint was not committed or never reached the store. Before resuming,
+:meth:`fetch_latest` downloads the newest complete remote checkpoint of the run identity that
+is newer than what the local directory holds.
 
 Credentials never pass through here: fsspec reads them from the environment.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -26,7 +31,19 @@ from typing import Any
 
 import fsspec
 
-from weighted_mtp.training.checkpoint import CHECKPOINT_NAME, MANIFEST_FILE, list_checkpoints
+from weighted_mtp.training.checkpoint import (
+    CHECKPOINT_NAME,
+    IDENTITY_DIR_NAME,
+    IDENTITY_FILE,
+    MANIFEST_FILE,
+    CheckpointError,
+    OtherRun,
+    commit_checkpoint,
+    legacy_checkpoints,
+    list_checkpoints,
+    local_other_runs,
+)
+from weighted_mtp.training.run_identity import RunIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +56,9 @@ class CheckpointStorage:
     """Local checkpoint directory plus an optional remote mirror.
 
     Args:
-        local_root: checkpoints are written here.
-        remote_url: mirror (``s3://bucket/checkpoints/baseline``) or None.
+        local_root: the method's checkpoint location; checkpoints are written into its run
+            identity's subdirectory once :meth:`select_identity` has named it.
+        remote_url: mirror (``s3://bucket/checkpoints/baseline``) or None; same layout.
         storage_options: fsspec options for ``remote_url`` (non-secret: endpoint URL...).
         retries, backoff_s: attempts per file and the first wait (doubled each time).
         on_failure: called with ``(step, message)`` when a checkpoint's upload gives up.
@@ -56,16 +74,28 @@ class CheckpointStorage:
         backoff_s: float = 1.0,
         on_failure: Callable[[int, str], None] | None = None,
     ) -> None:
-        self.local_root = Path(local_root)
-        self.remote_url = remote_url.rstrip("/") if remote_url else None
+        self.base_root = Path(local_root)
+        self.base_url = remote_url.rstrip("/") if remote_url else None
+        self.local_root = self.base_root
+        self.remote_url = self.base_url
+        self.identity: RunIdentity | None = None
         self.storage_options = dict(storage_options or {})
         self.retries = retries
         self.backoff_s = backoff_s
         self.on_failure = on_failure
-        self._queue: queue.Queue[tuple[int, Path] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, Path, int] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._results: dict[int, str | None] = {}  # step -> None (uploaded) or error
         self._last_enqueued: int | None = None
+
+    def select_identity(self, identity: RunIdentity) -> None:
+        """Use the run identity's subdirectory, locally and remotely (before any checkpoint
+        is read or written)."""
+        if self._thread is not None:
+            raise RuntimeError("select_identity after a checkpoint was queued")
+        self.identity = identity
+        self.local_root = self.base_root / identity.short
+        self.remote_url = f"{self.base_url}/{identity.short}" if self.base_url else None
 
     # ------------------------------------------------------------------ remote access
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -117,32 +147,79 @@ class CheckpointStorage:
         logger.info("fetched checkpoint of step %d from %s", newest, self.remote_url)
         return newest
 
-    # ------------------------------------------------------------------ uploads
-    def upload_async(self, step: int, path: Path) -> None:
-        """Queue ``path`` (a complete local checkpoint) for upload; returns at once."""
-        if self.remote_url is None:
-            return
+    def other_runs(self) -> tuple[list[OtherRun], int]:
+        """The other run identities' checkpoint directories beside this one's, locally and
+        (when the local location has none, as on a new machine) remotely, and how many
+        checkpoints from before run identities lie in the local location: what a fresh start
+        is explained with."""
+        assert self.identity is not None, "select_identity first"
+        runs = local_other_runs(self.base_root, self.identity)
+        if runs or self.base_url is None:
+            return runs, legacy_checkpoints(self.base_root)
+        fs, root = fsspec.core.url_to_fs(self.base_url, **self.storage_options)
+        if not fs.exists(root):
+            return [], legacy_checkpoints(self.base_root)
+        for entry in fs.ls(root, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if not IDENTITY_DIR_NAME.match(name) or name == self.identity.short:
+                continue
+            path = f"{root}/{name}/{IDENTITY_FILE}"
+            try:
+                other = RunIdentity.model_validate_json(fs.cat_file(path))
+                info = fs.info(path)
+            except (OSError, ValueError):
+                continue
+            stamp = info.get("LastModified") or info.get("mtime") or info.get("created") or 0
+            modified = stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+            runs.append(
+                OtherRun(f"{self.base_url}/{name}", other.digest, other.components, modified)
+            )
+        return runs, legacy_checkpoints(self.base_root)
+
+    # ------------------------------------------------------------------ commit + upload
+    def commit_async(self, step: int, path: Path, *, keep_last: int) -> None:
+        """Queue ``path`` (a checkpoint written with ``save_checkpoint(commit=False)``) to be
+        committed (manifest), pruned to ``keep_last`` and uploaded; returns at once."""
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._work, name="checkpoint-upload", daemon=True
+                target=self._work, name="checkpoint-commit", daemon=True
             )
             self._thread.start()
+            # A run that fails with an exception after a save (a NaN loss, a bad batch) still
+            # leaves that checkpoint committed to resume from; a killed process cannot.
+            atexit.register(self._drain)
         self._last_enqueued = step
-        self._queue.put((step, path))
+        self._queue.put((step, path, keep_last))
+
+    def _drain(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            step, path = item
+            step, path, keep_last = item
+            try:
+                commit_checkpoint(path, keep_last=keep_last)
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                self._results[step] = f"could not be committed: {message}"
+                logger.error("checkpoint of step %d could not be committed: %s", step, message)
+                continue
+            if self.remote_url is None:
+                self._results[step] = None
+                continue
             try:
                 self._upload(step, path)
                 self._results[step] = None
                 logger.info("checkpoint of step %d uploaded to %s", step, self.remote_url)
             except Exception as exc:
                 message = f"{type(exc).__name__}: {exc}"
-                self._results[step] = message
+                self._results[step] = f"never reached {self.remote_url}: {message}"
                 logger.error(
                     "checkpoint of step %d could not be uploaded to %s after %d attempts: %s",
                     step,
@@ -160,6 +237,9 @@ class CheckpointStorage:
         for file in [*files, path / MANIFEST_FILE]:  # the manifest commits the directory
             rel = file.relative_to(path).as_posix()
             self._with_retries(lambda f=file, r=rel: fs.put_file(str(f), f"{dest}/{r}"))
+        identity = path.parent / IDENTITY_FILE
+        if identity.is_file():  # its store timestamp says which run uploaded last
+            self._with_retries(lambda: fs.put_file(str(identity), f"{root}/{IDENTITY_FILE}"))
         self._prune_remote(fs, root)
 
     def _prune_remote(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
@@ -186,15 +266,21 @@ class CheckpointStorage:
                 wait *= 2
 
     def finish(self) -> None:
-        """Wait for queued uploads; raise :class:`CheckpointUploadError` if the last
-        checkpoint did not reach the store."""
+        """Wait for queued commits and uploads (rank 0, while the other ranks wait in
+        :func:`~weighted_mtp.training.checkpoint.wait_for_rank0`).
+
+        Raises:
+            CheckpointError: the last checkpoint could not be committed.
+            CheckpointUploadError: it was committed but never reached the store.
+        """
         if self._thread is None:
             return
-        self._queue.put(None)
-        self._thread.join()
+        self._drain()
         last = self._last_enqueued
-        if last is not None and self._results.get(last) is not None:
-            raise CheckpointUploadError(
-                f"the last checkpoint (step {last}) never reached {self.remote_url}: "
-                f"{self._results[last]}; it is kept locally in {self.local_root}"
-            )
+        outcome = self._results.get(last) if last is not None else None
+        if outcome is None:
+            return
+        message = f"the last checkpoint (step {last}) {outcome}"
+        if outcome.startswith("could not be committed"):
+            raise CheckpointError(f"{message}; it is incomplete in {self.local_root}")
+        raise CheckpointUploadError(f"{message}; it is kept locally in {self.local_root}")

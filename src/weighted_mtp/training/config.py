@@ -33,6 +33,16 @@ class RuntimeParams(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = Field(42, ge=0)
     omp_threads: int | None = Field(None, ge=1)
+    activation_checkpointing: Literal["none", "blocks"] = Field(
+        "none",
+        description="blocks: recompute each transformer block's activations in the backward",
+    )
+    collective_timeout_s: float = Field(
+        7200.0,
+        gt=0,
+        description="process-group timeout: the longest a rank may wait in a collective "
+        "(rank 0's checkpoint and model I/O at 7B included)",
+    )
 
     @model_validator(mode="after")
     def _node_rank_in_range(self) -> RuntimeParams:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -46,63 +47,81 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(requested_device: str) -> WorldInfo:
-    """Join the process group torchrun describes in the environment (gloo on CPU/MPS, nccl
-    on CUDA)."""
+def process_group_backend(device: torch.device) -> str:
+    """The backend string for a rank whose training device is ``device``.
+
+    On CUDA the group is device-mapped: CUDA tensors travel over NCCL, CPU tensors (the
+    pickles of object collectives, anything a caller keeps on the host) over gloo, inside one
+    process group. NCCL alone has no CPU path ("No backend type associated with device type
+    cpu")."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(requested_device: str, timeout_s: float | None = None) -> WorldInfo:
+    """Join the process group torchrun describes in the environment.
+
+    ``timeout_s`` (``runtime.collective_timeout_s``) bounds every collective and barrier:
+    rank 0's long checkpoint and model I/O must fit inside it, where NCCL's default of ten
+    minutes would abort the job. ``None`` keeps torch's default."""
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"collective timeout must be > 0 seconds, got {timeout_s}")
     device = resolve_device(requested_device, local_rank)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        options: dict = {}
+        if timeout_s is not None:
+            options["timeout"] = timedelta(seconds=timeout_s)
         dist.init_process_group(
-            backend=backend, device_id=device if device.type == "cuda" else None
+            backend=process_group_backend(device),
+            device_id=device if device.type == "cuda" else None,
+            **options,
         )
     return WorldInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
-def _comm_device(tensor: torch.Tensor) -> torch.device:
-    # gloo works on CPU tensors; nccl on CUDA ones.
-    backend = dist.get_backend()
-    return tensor.device if backend == "nccl" else torch.device("cpu")
+# The collectives below run on the tensor's own device: the process group is device-mapped
+# (see ``process_group_backend``), so a tensor on the training device stays there, and no
+# collective costs a device-to-host copy.
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum across ranks (a new tensor, on ``tensor``'s device)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return tensor.clone()
-    t = tensor.detach().to(_comm_device(tensor)).clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.to(tensor.device)
+    return all_reduce(tensor, "sum")
 
 
 def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
-    """``op`` in ``sum``/``min``/``max`` across ranks."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return tensor.clone()
+    """``op`` in ``sum``/``min``/``max`` across ranks (a new tensor, on ``tensor``'s device)."""
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-    t = tensor.detach().to(_comm_device(tensor)).clone()
-    dist.all_reduce(t, op=ops[op])
-    return t.to(tensor.device)
+    if op not in ops:
+        raise ValueError(f"unknown reduction {op!r}; expected one of {sorted(ops)}")
+    t = tensor.detach().clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=ops[op])
+    return t
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor of any length across ranks (rank order)."""
+    """Concatenate a 1-D tensor of any length across ranks (rank order), on ``tensor``'s
+    device.
+
+    The lengths reach the host once (one small transfer): the padded receive buffers need
+    them. Callers on the hot path pay that one sync per call."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return tensor
     world = dist.get_world_size()
-    dev = _comm_device(tensor)
-    local = tensor.detach().to(dev).reshape(-1)
-    size = torch.tensor([local.numel()], device=dev)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
+    local = tensor.detach().reshape(-1)
+    size = torch.full((1,), local.numel(), dtype=torch.int64, device=local.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
-    longest = int(max(int(s) for s in sizes))
-    padded = torch.zeros(longest, dtype=local.dtype, device=dev)
+    lengths = torch.cat(sizes).tolist()
+    longest = max(lengths)
+    padded = torch.zeros(longest, dtype=local.dtype, device=local.device)
     padded[: local.numel()] = local
-    parts = [torch.zeros_like(padded) for _ in range(world)]
+    parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    out = torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)])
-    return out.to(tensor.device)
+    return torch.cat([p[:n] for p, n in zip(parts, lengths, strict=True)])
 
 
 def barrier() -> None:

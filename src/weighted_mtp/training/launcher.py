@@ -287,13 +287,12 @@ def launch(
         stack.callback(torchrun_out.join)
         stack.callback(tailer.stop)
         proc = subprocess.Popen(
-            cmd,
+            _with_parent_death_signal(cmd),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_parent_death_signal(),
         )
         tracker = _JobProcesses(proc)
         # Whatever ends this block early (Ctrl-C, SIGTERM, a bug here), the job is stopped.
@@ -372,29 +371,33 @@ def _no_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM torchrun if this process dies (even SIGKILL).
+# Run in a fresh interpreter (-I -S: no site, nothing imported but os, signal, ctypes) that then
+# execs torchrun: prctl(PR_SET_PDEATHSIG) survives the exec, and the pid stays torchrun's.
+_PDEATHSIG_EXEC = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):  # the launcher died before prctl took effect
+    sys.exit(128 + int(signal.SIGTERM))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
-    torchrun then stops its workers itself. The function only makes a system call through a
-    ctypes function resolved beforehand, so it takes no lock in the forked child.
+
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """``cmd`` behind an exec shim that asks Linux to SIGTERM torchrun if this process dies
+    (even by SIGKILL); torchrun then stops its workers itself.
+
+    Not a ``preexec_fn``: with one, CPython forks (no vfork) and runs Python in the child
+    before the exec, including every ``os.register_at_fork`` hook (torch's calls
+    ``torch.get_num_threads()``). Forked from a non-main thread of a process whose torch
+    state earlier in-process work left behind (a test session, a notebook), that child
+    died with SIGSEGV before torchrun started: "torchrun exited with code -11" and an
+    empty torchrun.log. Without ``preexec_fn`` nothing but C runs between fork and exec.
+    The signal is tied to the launching thread, as before: :func:`launch` returns only
+    after torchrun has exited.
     """
     if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
+        return cmd
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *cmd]
 
 
 # --------------------------------------------------------------------------- processes

@@ -1,6 +1,7 @@
 """The one training loop: every method runs through it, supplying only its loss and metrics.
 
-Per optimizer step: read this rank's micro-batches of the step (one ranged read), count each
+Per optimizer step: take this rank's micro-batches of the step (read, tokenised and collated
+ahead by background threads, ``training/batches.py``) onto the device, count each
 head's valid target tokens over the whole step and every rank (the loss denominators, so the
 step's loss is the mean over the global batch however it is split), then for each micro-batch
 one forward and one backward through the DDP/FSDP2 wrapper (gradient sync on the last one
@@ -13,24 +14,26 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from weighted_mtp.alignment import head_valid_counts, shift_labels
+from weighted_mtp.alignment import head_valid_counts
 from weighted_mtp.data.collator import PromptOutputCollator
-from weighted_mtp.data.offset_reader import read_lines_at
 from weighted_mtp.losses.methods import Batch, LossContext
 from weighted_mtp.losses.metric_values import MetricValues
+from weighted_mtp.training.batches import BatchReader, StepBatches, start_prefetch
 from weighted_mtp.training.checkpoint import (
     CheckpointError,
     TrainerState,
     choose_checkpoint,
+    fresh_start_reason,
     load_checkpoint,
+    rank0_io,
     save_checkpoint,
 )
 from weighted_mtp.training.checkpoint_storage import CheckpointStorage
@@ -43,6 +46,7 @@ from weighted_mtp.training.distributed import (
 )
 from weighted_mtp.training.optim import build_optimizer, lr_factor
 from weighted_mtp.training.parallelize import gradient_sync, inner_module, parallelize
+from weighted_mtp.training.run_identity import RunIdentity
 from weighted_mtp.training.spec import HISTORY_FILE, JobSpec
 from weighted_mtp.training.step_log import StepLog
 from weighted_mtp.weighting.metrics import roc_auc
@@ -62,40 +66,6 @@ class TrainSummary:
     skipped_sequences: int
 
 
-class _BatchReader:
-    """Reads plan positions from the JSONL and collates them into device tensors."""
-
-    def __init__(self, spec: JobSpec, collator: PromptOutputCollator, device: torch.device):
-        self.spec = spec
-        self.collator = collator
-        self.device = device
-
-    def read(
-        self, path: str, rows: np.ndarray, offsets: np.ndarray, lengths: np.ndarray
-    ) -> list[dict]:
-        return read_lines_at(
-            path, offsets, lengths, rows=rows, storage_options=self.spec.storage_options or None
-        )
-
-    def collate(self, records: list[dict], where: str) -> tuple[Batch, int]:
-        before = self.collator.stats.skipped
-        raw = self.collator(records)
-        skipped = self.collator.stats.skipped - before
-        if raw["input_ids"].shape[0] == 0:
-            raise ValueError(
-                f"{where}: every sequence of the micro-batch was skipped (output longer than "
-                f"max_seq_len={self.collator.max_length}); the metadata's token counts disagree "
-                "with the model's tokenizer"
-            )
-        batch = Batch(
-            input_ids=raw["input_ids"].to(self.device),
-            targets=shift_labels(raw["labels"]).to(self.device),
-            is_correct=raw["is_correct"].to(self.device) if "is_correct" in raw else None,
-        )
-        batch.extras["n_tokens"] = raw["attention_mask"].sum()
-        return batch, skipped
-
-
 def _reduce_metrics(values: MetricValues, world: WorldInfo) -> dict[str, float]:
     """Combine every rank's metric values (ranks may report different names)."""
     if dist.is_initialized() and world.world_size > 1:
@@ -109,6 +79,9 @@ def _reduce_metrics(values: MetricValues, world: WorldInfo) -> dict[str, float]:
 
 
 def _check_finite(metrics: MetricValues, loss: torch.Tensor, step: int, method: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step (0-based ``step``) and the metric
+    parts that went non-finite, when ``loss`` is not finite. Reads the device: the loop calls
+    it only from :class:`_FiniteGuard` at a host-sync step."""
     if torch.isfinite(loss).all():
         return
     bad = [
@@ -124,11 +97,85 @@ def _check_finite(metrics: MetricValues, loss: torch.Tensor, step: int, method: 
     )
 
 
-def _grad_norm(parameters: list[nn.Parameter], max_norm: float) -> float:
+def _grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip and return the global gradient norm, a scalar on the device (not read here)."""
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
     if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
         norm = norm.full_tensor()
-    return float(norm)
+    return norm.detach()
+
+
+class _FiniteGuard:
+    """Whether each step's loss and gradient norm were finite, kept on the device and read at
+    the next host-sync step (a logged, validated or saved step, and the last one).
+
+    Reading a flag per micro-batch would stall the device every micro-batch. The price of
+    reading it later: a non-finite step's update is applied (clip_grad_norm_ scales the
+    gradients by a NaN factor, AdamW applies them) and the steps up to the next sync step run
+    on those parameters. They are never kept: the check runs before validation and before the
+    checkpoint save of a sync step, and before ``train`` returns, so no checkpoint or final
+    model holds them, and the error names the first step that went non-finite. A true
+    device-side skip would need AdamW's ``found_inf`` (fused kernels only); ``log_every: 1``
+    stops at the bad step itself.
+    """
+
+    def __init__(self, method: str):
+        self.method = method
+        # (step, metrics, summed loss, [loss finite, norm finite], gradient norm)
+        self._pending: list[tuple[int, MetricValues, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._loss_ok: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        """One micro-batch's loss (device ops only)."""
+        loss = loss.detach()
+        ok = torch.isfinite(loss).all()
+        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
+        self._loss = loss if self._loss is None else self._loss + loss
+
+    def end_step(self, step: int, metrics: MetricValues, grad_norm: torch.Tensor) -> None:
+        """Close 0-based ``step``: its metrics and clipped gradient norm (device ops only)."""
+        if self._loss_ok is None or self._loss is None:
+            raise RuntimeError(f"step {step + 1}: no micro-batch loss was recorded")
+        flags = torch.stack([self._loss_ok, torch.isfinite(grad_norm).all()])
+        # A copy: the loop adds the gradient norm to its metrics afterwards, which the loss
+        # message should not list as a loss part.
+        self._pending.append(
+            (step, MetricValues(dict(metrics.items)), self._loss, flags, grad_norm)
+        )
+        self._loss_ok = self._loss = None
+
+    def check(self) -> None:
+        """Read every pending step's flags in one transfer; raise for the first bad one."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        flags = torch.stack([p[3] for p in pending]).tolist()
+        for (step, metrics, loss, _, norm), (loss_ok, norm_ok) in zip(pending, flags, strict=True):
+            if not loss_ok:
+                _check_finite(metrics, loss, step, self.method)
+                # A micro-batch's loss was non-finite although their sum is not (inf - inf).
+                raise NonFiniteLossError(
+                    f"{self.method}: non-finite loss at step {step + 1}; lower the learning "
+                    "rate or check the data of this step"
+                )
+            if not norm_ok:
+                raise NonFiniteLossError(
+                    f"{self.method}: non-finite gradient norm ({float(norm)}) at step "
+                    f"{step + 1}; lower the learning rate or check the data of this step"
+                )
+
+
+def _fresh_start_line(spec: JobSpec, storage: CheckpointStorage, identity: RunIdentity) -> str:
+    where = storage.local_root if storage.remote_url is None else storage.remote_url
+    try:
+        others, legacy = storage.other_runs()
+    except Exception as exc:  # only the explanation is lost
+        logger.debug("cannot list other runs' checkpoints: %s", exc)
+        others, legacy = [], 0
+    return f"{spec.method}: training from step 1: " + fresh_start_reason(
+        identity, str(where), others, legacy
+    )
 
 
 def _resume_point(
@@ -137,34 +184,44 @@ def _resume_point(
     storage: CheckpointStorage,
     resume: str,
     plan_sha256: str,
-) -> Path | None:
-    """Rank 0 picks the checkpoint (fetching a newer remote one first) and tells the others;
-    an unusable explicit checkpoint stops every rank with the same error."""
-    choice: list[str | None] = [None, None]
-    if world.is_main:
-        try:
-            if resume == "auto":
-                try:
-                    storage.fetch_latest()
-                except Exception as exc:  # an unreachable store must not stop training
-                    logger.warning(
-                        "cannot look for checkpoints in %s (%s: %s); resuming from local "
-                        "checkpoints only",
-                        storage.remote_url,
-                        type(exc).__name__,
-                        exc,
-                    )
-            path = choose_checkpoint(
-                storage.local_root, resume, plan_sha256=plan_sha256, world_size=world.world_size
-            )
-            choice = [str(path) if path else None, None]
-        except (CheckpointError, OSError) as exc:
-            choice = [None, f"{type(exc).__name__}: {exc}"]
-    if dist.is_initialized() and world.world_size > 1:
-        dist.broadcast_object_list(choice, src=0)
+) -> tuple[Path | None, RunIdentity]:
+    """Rank 0 settles the run identity, points ``storage`` at its checkpoint directory, picks
+    the checkpoint (fetching a newer remote one and verifying its SHA256s first) and tells the
+    others, who wait for it outside the training collectives (:func:`rank0_io`, timeout
+    ``runtime.collective_timeout_s``). A fresh start under ``auto`` is explained in one log
+    line; an unusable explicit checkpoint stops every rank with the same error."""
+    choice: list[str | None] = [None, None, None]  # checkpoint, error, identity (JSON)
+    with rank0_io(spec.runtime.collective_timeout_s) as group:
+        if world.is_main:
+            try:
+                identity = spec.resolve_identity(plan_sha256)
+                storage.select_identity(identity)
+                if resume == "auto":
+                    try:
+                        storage.fetch_latest()
+                    except Exception as exc:  # an unreachable store must not stop training
+                        logger.warning(
+                            "cannot look for checkpoints in %s (%s: %s); resuming from local "
+                            "checkpoints only",
+                            storage.remote_url,
+                            type(exc).__name__,
+                            exc,
+                        )
+                path = choose_checkpoint(storage.local_root, resume, identity)
+                if path is None and resume == "auto":
+                    logger.info("%s", _fresh_start_line(spec, storage, identity))
+                choice = [str(path) if path else None, None, identity.model_dump_json()]
+            except Exception as exc:  # every rank must learn it, not wait for rank 0
+                choice = [None, f"{type(exc).__name__}: {exc}", None]
+    if group is not None:
+        dist.broadcast_object_list(choice, src=0, group=group)
     if choice[1] is not None:
         raise CheckpointError(f"{spec.method}: cannot resume ({choice[1]})")
-    return Path(choice[0]) if choice[0] else None
+    assert choice[2] is not None
+    identity = RunIdentity.model_validate_json(choice[2])
+    if not world.is_main:
+        storage.select_identity(identity)
+    return (Path(choice[0]) if choice[0] else None), identity
 
 
 def train(
@@ -173,11 +230,18 @@ def train(
     module: nn.Module,
     collator: PromptOutputCollator,
     storage: CheckpointStorage | None = None,
+    *,
+    fill: Callable[[], None] | None = None,
 ) -> tuple[nn.Module, TrainSummary]:
     """Train ``module`` (an ``MTPTrainingModule``/``CausalLMTrainingModule`` on one device)
     as ``spec`` says, resuming from a checkpoint when ``params.resume`` finds one; returns
     the (possibly sharded) module and a summary. ``storage`` holds the resume checkpoints
-    (default: ``spec.checkpoint_path``, no remote mirror); the caller calls its ``finish``."""
+    (default: ``spec.checkpoint_path``, no remote mirror); the caller calls its ``finish``.
+
+    With ``fill``, ``module`` was built on the meta device: it is given storage on the rank's
+    device (``to_empty``) and ``fill()`` writes its weights, after FSDP2 sharded it (each
+    rank then allocates and reads only its shard) or before DDP wraps it (DDP needs a full
+    replica)."""
     params: TrainingParams = spec.training_params()
     runtime = spec.runtime
     plan = DataPlan.load(spec.plan_path)
@@ -190,8 +254,21 @@ def train(
         )
 
     param_dtype = getattr(torch, runtime.dtype)
-    module.to(world.device)
-    wrapped = parallelize(module, runtime.strategy, world.device, param_dtype=param_dtype)
+    if fill is None:
+        module.to(world.device)
+    elif runtime.strategy == "ddp":
+        module.to_empty(device=world.device)
+        fill()
+    wrapped = parallelize(
+        module,
+        runtime.strategy,
+        world.device,
+        param_dtype=param_dtype,
+        activation_checkpointing=runtime.activation_checkpointing,
+    )
+    if fill is not None and runtime.strategy != "ddp":
+        module.to_empty(device=world.device)
+        fill()
     optimizer = build_optimizer(
         wrapped, lr=params.lr, weight_decay=params.weight_decay, betas=(params.beta1, params.beta2)
     )
@@ -210,7 +287,7 @@ def train(
         if world.device.type == "cuda" and param_dtype != torch.float32
         else contextlib.nullcontext()
     )
-    reader = _BatchReader(spec, collator, world.device)
+    reader = BatchReader(collator, world.device, spec.storage_options)
     log = (
         StepLog(
             spec.history_path,
@@ -232,11 +309,9 @@ def train(
         storage = CheckpointStorage(spec.checkpoint_path)
     if log is not None:
         storage.on_failure = log.report_upload_failure
-    resume_from = _resume_point(spec, world, storage, params.resume, plan_sha)
+    resume_from, identity = _resume_point(spec, world, storage, params.resume, plan_sha)
     if resume_from is not None:
-        state = load_checkpoint(
-            resume_from, wrapped, optimizer, plan_sha256=plan_sha, world_size=n_world
-        )
+        state = load_checkpoint(resume_from, wrapped, optimizer, identity=identity)
         scheduler.load_state_dict(state.scheduler)
         start_step, tokens_seen, skipped_total = (
             state.step,
@@ -253,31 +328,39 @@ def train(
         if log is not None:
             log.replay(resume_from / HISTORY_FILE, start_step)
     save_every = params.save_every or params.max_steps
+    guard = _FiniteGuard(spec.method)
+    # Tokens this rank trained since start_step, counted on the device; summed over ranks
+    # only at host-sync steps.
+    local_tokens = torch.zeros((), dtype=torch.int64, device=world.device)
+    tokens_at_start = tokens_seen
+    # Throughput is measured between host syncs: without one per step, a step's wall time
+    # is only the time to queue its kernels.
+    window_start: float | None = None
+    window_tokens = tokens_seen
+    # Reads, tokenisation and collation of the next steps run in background threads while
+    # this one trains (training/batches.py); the same batches in the same order as reading
+    # them here would give.
+    prefetch = start_prefetch(
+        reader,
+        spec.train_jsonl,
+        plan,
+        range(start_step, params.max_steps),
+        rank=world.rank,
+        world=n_world,
+        batch_size=bsz,
+        grad_accum=accum,
+    )
     try:
         for step in range(start_step, params.max_steps):
-            started = time.perf_counter()
-            positions = [
-                plan.micro_batch_positions(
-                    step, m, world.rank, batch_size=bsz, grad_accum=accum, world=n_world
-                )
-                for m in range(accum)
-            ]
-            flat = np.concatenate(positions)
-            records = reader.read(
-                spec.train_jsonl,
-                plan.train_rows[flat],
-                plan.train_offsets[flat],
-                plan.train_lengths[flat],
-            )
-            micro: list[Batch] = []
-            for m in range(accum):
-                batch, skipped = reader.collate(
-                    records[m * bsz : (m + 1) * bsz], f"step {step + 1}, micro-batch {m}"
-                )
-                skipped_total += skipped
-                micro.append(batch)
+            if window_start is None:
+                window_start = time.perf_counter()
+            prepared: StepBatches = prefetch.get(step)
+            skipped_total += prepared.skipped
+            micro: list[Batch] = [reader.to_device(b) for b in prepared.micro]
             counts = sum(head_valid_counts(b.targets, n_heads) for b in micro)
-            denominators = all_reduce_sum(counts.to(torch.float64).cpu()).to(world.device)
+            # Every tensor stays on the training device: the collectives run there, and
+            # nothing below reads the device until the step's host sync (if it has one).
+            denominators = all_reduce_sum(counts.to(torch.float64))
             ctx = LossContext(
                 denominators=denominators,
                 loss_scale=float(n_world),
@@ -293,45 +376,54 @@ def train(
                     loss, values = wrapped(
                         batch.input_ids, batch.targets, batch.is_correct, batch.ref_ce, ctx=ctx
                     )
-                _check_finite(values, loss, step, spec.method)
+                guard.record_loss(loss)
                 loss.backward()
                 metrics.merge(values)
             grad_norm = _grad_norm(trainable, params.grad_clip)
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLossError(
-                    f"{spec.method}: non-finite gradient norm ({grad_norm}) at step {step + 1}; "
-                    "lower the learning rate or check the data of this step"
-                )
+            guard.end_step(step, metrics, grad_norm)
+            # The same on every rank (the global norm): "max" keeps it through the reduction.
+            metrics.add_max("train/grad_norm", grad_norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            local_tokens += torch.stack([b.extras["n_tokens"] for b in micro]).sum()
 
-            n_tokens = all_reduce_sum(
-                torch.stack([b.extras["n_tokens"] for b in micro]).sum().to(torch.float64)
-            )
-            tokens_seen += int(n_tokens)
-            elapsed = time.perf_counter() - started
             is_last = step + 1 == params.max_steps
-            if (step + 1) % params.log_every == 0 or is_last or step == 0:
+            is_log = (step + 1) % params.log_every == 0 or is_last or step == 0
+            is_eval = bool(len(plan.valid_rows)) and (
+                (step + 1) % params.eval_every == 0 or is_last
+            )
+            is_save = (step + 1) % save_every == 0 or is_last
+            if is_log or is_eval or is_save:
+                # The host sync of this step (none on the other steps): the finiteness of
+                # every step since the last one, before anything is logged, validated or
+                # saved; then the global token count.
+                guard.check()
+                tokens_seen = tokens_at_start + int(all_reduce_sum(local_tokens))
+            if is_log:
                 last = _reduce_metrics(metrics, world)
+                now = time.perf_counter()
                 last.update(
                     {
                         "train/lr": lr,
-                        "train/grad_norm": grad_norm,
-                        "train/tokens_per_s": float(n_tokens) / max(elapsed, 1e-9),
+                        "train/tokens_per_s": (tokens_seen - window_tokens)
+                        / max(now - window_start, 1e-9),
                         "train/tokens_seen": float(tokens_seen),
                         "train/skipped_sequences": float(skipped_total),
                     }
                 )
+                window_start, window_tokens = None, tokens_seen
+                if world.device.type == "cuda":
+                    last["train/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 if log is not None:
                     log.log(step + 1, last)
-            if len(plan.valid_rows) and ((step + 1) % params.eval_every == 0 or is_last):
+            if is_eval:
                 val = validate(spec, world, wrapped, reader, plan, params, n_heads)
                 last.update(val)
                 if log is not None:
                     log.log(step + 1, val, phase="validate")
-            if (step + 1) % save_every == 0 or is_last:
+            if is_save:
                 state = TrainerState(
                     step=step + 1,
                     tokens_seen=tokens_seen,
@@ -340,7 +432,11 @@ def train(
                     method=spec.method,
                     scheduler=scheduler.state_dict(),
                     skipped_sequences=skipped_total,
+                    run_identity=identity.digest,
+                    identity_components=identity.components,
                 )
+                # commit=False: the SHA256 manifest (minutes at 7B) is written by rank 0's
+                # checkpoint thread, so no rank waits for it here.
                 saved = save_checkpoint(
                     storage.local_root,
                     wrapped,
@@ -348,10 +444,12 @@ def train(
                     state,
                     keep_last=params.keep_last,
                     extra_files={HISTORY_FILE: spec.history_path},
+                    commit=False,
                 )
                 if world.is_main:
-                    storage.upload_async(step + 1, saved)
+                    storage.commit_async(step + 1, saved, keep_last=params.keep_last)
     finally:
+        prefetch.close()
         if log is not None:
             log.close()
     if skipped_total:
@@ -364,7 +462,7 @@ def validate(
     spec: JobSpec,
     world: WorldInfo,
     wrapped: nn.Module,
-    reader: _BatchReader,
+    reader: BatchReader,
     plan: DataPlan,
     params: TrainingParams,
     n_heads: int,
@@ -372,23 +470,24 @@ def validate(
     """Validation metrics over the plan's validation rows (split evenly across ranks)."""
     if spec.valid_jsonl is None:
         return {}
-    positions = plan.valid_positions(world.rank, world.world_size)
-    records = reader.read(
-        spec.valid_jsonl,
-        plan.valid_rows[positions],
-        plan.valid_offsets[positions],
-        plan.valid_lengths[positions],
-    )
+    # Read and collated at the first validation only (the rows never change), in this thread
+    # with this reader's collator: the prefetch workers keep their own.
     batches = [
-        reader.collate(records[i : i + params.batch_size], "validation")[0]
-        for i in range(0, len(records), params.batch_size)
+        reader.to_device(b)
+        for b in reader.validation_batches(
+            spec.valid_jsonl,
+            plan,
+            rank=world.rank,
+            world=world.world_size,
+            batch_size=params.batch_size,
+        )
     ]
     counts = sum(
         (head_valid_counts(b.targets, n_heads) for b in batches),
-        torch.zeros(n_heads, dtype=torch.long),
+        torch.zeros(n_heads, dtype=torch.long, device=world.device),
     )
     ctx = LossContext(
-        denominators=all_reduce_sum(counts.to(torch.float64).cpu()).to(world.device),
+        denominators=all_reduce_sum(counts.to(torch.float64)),
         chunk_size=params.chunk_size,
     )
     metrics = MetricValues()
@@ -402,14 +501,15 @@ def validate(
             )
             metrics.merge(values)
             if "last_value" in extras:
-                scores.append(extras["last_value"].cpu())
-                labels.append(extras["is_correct"].cpu())
+                scores.append(extras["last_value"])
+                labels.append(extras["is_correct"])
     finally:
         wrapped.train(was_training)
     out = _reduce_metrics(metrics, world)
     if scores:
-        all_scores = all_gather_cat(torch.cat(scores).double())
-        all_labels = all_gather_cat(torch.cat(labels).to(torch.float64)) > 0.5
+        # Gathered on the device, then to the host once for the AUC.
+        all_scores = all_gather_cat(torch.cat(scores).double()).cpu()
+        all_labels = all_gather_cat(torch.cat(labels).to(torch.float64)).cpu() > 0.5
         auc = roc_auc(all_scores, all_labels)
         if math.isfinite(auc):
             out["val/value_auc"] = auc

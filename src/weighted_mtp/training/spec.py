@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from weighted_mtp.training.config import PARAMS_BY_METHOD, RuntimeParams, TrainingParams
+from weighted_mtp.training.run_identity import RunIdentity, run_identity
 
 SPEC_FILE = "spec.json"
 PLAN_FILE = "data_plan.npz"
@@ -40,8 +41,11 @@ class JobSpec(BaseModel):
         mlflow_tracking_uri, mlflow_run_id: where rank 0 logs step metrics (the run that
             kedro-mlflow opened), or None to log nothing to MLflow.
         extra_metadata: merged into the final model directory's ``metadata.json``.
-        checkpoint_dir: local directory of resume checkpoints (None: ``run_dir/checkpoints``).
-        checkpoint_url: remote mirror of the checkpoints (``s3://...``) or None.
+        checkpoint_dir: the method's local checkpoint location (None: ``run_dir/checkpoints``);
+            the run's checkpoints go into its run identity's subdirectory.
+        checkpoint_url: remote mirror of the checkpoint location (``s3://...``) or None.
+        identity: the run identity (:mod:`weighted_mtp.training.run_identity`), computed once
+            by the Kedro node; None: rank 0 computes it (:meth:`resolve_identity`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +64,7 @@ class JobSpec(BaseModel):
     extra_metadata: dict[str, Any] = Field(default_factory=dict)
     checkpoint_dir: str | None = None
     checkpoint_url: str | None = None
+    identity: RunIdentity | None = None
 
     # ------------------------------------------------------------------ derived
     @property
@@ -99,6 +104,33 @@ class JobSpec(BaseModel):
                 f"unknown method {self.method!r}; expected one of {sorted(PARAMS_BY_METHOD)}"
             ) from None
         return model.model_validate(self.params)
+
+    def resolve_identity(self, plan_sha256: str) -> RunIdentity:
+        """``identity``, or the one computed from this spec (reading the model directories'
+        fingerprints) when the spec was written without it.
+
+        Raises:
+            ValueError: the recorded identity names another data plan than ``plan_sha256``
+                (the plan file was replaced after the spec was written).
+        """
+        if self.identity is not None:
+            recorded = self.identity.components.get("data_plan")
+            if recorded != plan_sha256:
+                raise ValueError(
+                    f"{self.spec_path}: the run identity records data plan {recorded}, but "
+                    f"{self.plan_path} has {plan_sha256}"
+                )
+            return self.identity
+        return run_identity(
+            self.method,
+            self.training_params(),
+            self.runtime,
+            plan_sha256=plan_sha256,
+            init_model=self.init_model,
+            reference_model=self.reference_model if self.method == "rho1" else None,
+            init_storage_options=self.storage_options,
+            reference_storage_options=self.storage_options,
+        )
 
     # ------------------------------------------------------------------ IO
     def write(self) -> Path:

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,18 +29,20 @@ from weighted_mtp.losses.methods import (
     VerifiableMethod,
     reference_token_ce,
 )
-from weighted_mtp.model_io.loading import ModelDirectory, load_model
+from weighted_mtp.model_io.loading import ModelDirectory, build_meta_model
 from weighted_mtp.model_io.model_dir import save_model_dir
 from weighted_mtp.model_io.reference import (
     load_reference_model,
     save_reference_model,
 )
 from weighted_mtp.model_io.tokenizer_check import TokenizerMismatchError
+from weighted_mtp.training.checkpoint import wait_for_rank0
 from weighted_mtp.training.checkpoint_storage import CheckpointStorage
 from weighted_mtp.training.config import Rho1Params, VerifiableParams
-from weighted_mtp.training.distributed import WorldInfo, barrier, init_distributed, shutdown
+from weighted_mtp.training.distributed import WorldInfo, init_distributed, shutdown
 from weighted_mtp.training.loop import TrainSummary, train
 from weighted_mtp.training.module import CausalLMTrainingModule, MTPTrainingModule
+from weighted_mtp.training.parallelize import enable_tf32
 from weighted_mtp.training.spec import JobSpec
 
 logger = logging.getLogger("weighted_mtp.training.worker")
@@ -87,8 +90,14 @@ def _build_method(spec: JobSpec, world: WorldInfo, vocab_size: int) -> Method:
         from weighted_mtp.model_io.reference import HFModelDirectory
 
         local = HFModelDirectory(spec.reference_model, dict(spec.storage_options)).local_path()
+        # The policy's forward precision (FSDP2's parameter policy / DDP's autocast): the
+        # excess loss compares the two models' CEs, which should carry the same rounding; a
+        # frozen bf16 reference also holds half the memory. Its CE comes out in fp32.
         reference = load_reference_model(
-            local, device=world.device, dtype=torch.float32, expected_vocab_size=vocab_size
+            local,
+            device=world.device,
+            dtype=getattr(torch, spec.runtime.dtype),
+            expected_vocab_size=vocab_size,
         )
         chunk = params.chunk_size
 
@@ -122,13 +131,18 @@ def _full_state_dict(wrapped: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _train_and_gather(
-    spec: JobSpec, world: WorldInfo, module: torch.nn.Module, tokenizer: Tokenizer
+    spec: JobSpec,
+    world: WorldInfo,
+    module: torch.nn.Module,
+    tokenizer: Tokenizer,
+    fill: Callable[[], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], TrainSummary, CheckpointStorage]:
-    """The part every job shares: the loop, then the full state dict (on rank 0)."""
+    """The part every job shares: the loop, then the full state dict (on rank 0). ``fill``:
+    see :func:`~weighted_mtp.training.loop.train`."""
     torch.manual_seed(spec.runtime.seed + world.rank)
     collator = PromptOutputCollator(tokenizer, spec.training_params().max_seq_len)
     storage = _storage(spec)
-    wrapped, summary = train(spec, world, module, collator, storage)
+    wrapped, summary = train(spec, world, module, collator, storage, fill=fill)
     return _full_state_dict(wrapped), summary, storage
 
 
@@ -138,22 +152,20 @@ def _train_policy(spec: JobSpec, world: WorldInfo) -> None:
     proto = handle.tokenizer_bytes()
     tokenizer = _checked_tokenizer(proto, f"{handle.path}/tokenizer.model", args.vocab_size)
     method = _build_method(spec, world, args.vocab_size)
-    # Same seed on every rank before building: a fresh value head must start identical
-    # everywhere (FSDP2 does not broadcast parameters).
-    torch.manual_seed(spec.runtime.seed)
     stored_dtype = (handle.read_metadata() or {}).get("dtype")
-    # Full-precision master weights; FSDP2 casts to runtime.dtype for compute on CUDA.
-    loaded = load_model(
+    # Built on the meta device: nothing is allocated until the loop has wrapped it, then each
+    # rank reads its own FSDP2 shard (DDP: its replica, straight onto its device). Float32
+    # master weights; FSDP2 casts to runtime.dtype for compute on CUDA. A fresh value head
+    # is drawn from the run's seed, so it starts identical on every rank.
+    pending = build_meta_model(
         spec.init_model,
-        "cpu",
-        torch.float32,
         method.uses_value_head,
+        seed=spec.runtime.seed,
         storage_options=spec.storage_options,
     )
-    model, value_head = loaded if isinstance(loaded, tuple) else (loaded, None)
-    model.train()
-    module = MTPTrainingModule(model, value_head, method)
-    state, summary, storage = _train_and_gather(spec, world, module, tokenizer)
+    pending.model.train()
+    module = MTPTrainingModule(pending.model, pending.value_head, method)
+    state, summary, storage = _train_and_gather(spec, world, module, tokenizer, pending.fill)
     if world.is_main:
         model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         head_state = {
@@ -218,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m weighted_mtp.training.worker RUN_DIR/spec.json", file=sys.stderr)
         return 2
     spec = JobSpec.read(argv[0])
-    world = init_distributed(spec.runtime.device)
+    world = init_distributed(spec.runtime.device, spec.runtime.collective_timeout_s)
+    enable_tf32(world.device)
     _setup_logging(world.rank)
     started = time.perf_counter()
     try:
@@ -226,12 +239,30 @@ def main(argv: list[str] | None = None) -> int:
             _train_reference(spec, world)
         else:
             _train_policy(spec, world)
-        barrier()
+        # Rank 0 writes the model and waits for the last checkpoint's commit and upload:
+        # the others wait outside the training collectives, with an explicit timeout.
+        wait_for_rank0(spec.runtime.collective_timeout_s)
     finally:
         shutdown()
     logger.info("%s finished in %.1f s", spec.method, time.perf_counter() - started)
     return 0
 
 
+def _exit_after_success(code: int) -> None:
+    """Leave without the interpreter's teardown once the job's work is done and flushed.
+
+    After FSDP2 has run, torch 2.13 keeps gloo's loop threads (and rank 0's TCPStore server
+    thread) alive past ``destroy_process_group``; the interpreter's teardown can then destroy
+    them while they run, and C++ aborts ("terminate called without an active exception",
+    exit -6), seen once in a spawned test child under load. torchrun would report a finished
+    job as failed. Everything this process owes is written by now (model directory,
+    checkpoints committed by ``storage.finish``, history and MLflow closed by the loop), so
+    logs are flushed and the process ends here. Failures still go through ``@record``."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_after_success(main())

@@ -7,7 +7,9 @@ validated by Kedro from ``params:evaluation`` before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,12 +19,17 @@ from matplotlib.figure import Figure
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.evaluation.comparison import (
     CONFIDENCE,
+    CONTRAST_COLUMNS,
+    EXTRA_COLUMNS,
     INTERVAL_METHOD,
+    N_SEEDS,
     PRIMARY_DATASET,
     PRIMARY_K,
+    ContrastResult,
     Verdict,
     compare,
-    per_problem_values,
+    compare_contrasts,
+    per_metric_values,
 )
 from weighted_mtp.evaluation.execution import check_completions
 from weighted_mtp.evaluation.problems import validate_problem
@@ -172,36 +179,50 @@ def summarise_model(
     return {"summary": summary, "generation": generation_stats}
 
 
-def _verdict(params: EvaluationParams, model_results: Mapping[str, dict[str, Any]]) -> Verdict:
-    per_problem = {
-        m: per_problem_values(model_results[m]["summary"], PRIMARY_DATASET, PRIMARY_K)
-        for m in params.models
-    }
-    if not any(per_problem.values()):
+def _verdict(
+    params: EvaluationParams,
+    per_metric: Mapping[tuple[str, int], Mapping[str, Mapping[str, float]]],
+    contrasts: list[ContrastResult],
+) -> Verdict:
+    primary = per_metric.get((PRIMARY_DATASET, PRIMARY_K), {})
+    if not primary:
         return Verdict(
             PRIMARY_DATASET,
             PRIMARY_K,
             {},
-            None,
             text=(
                 f"No verdict: the primary metric, {PRIMARY_DATASET} pass@{PRIMARY_K}, was not "
                 f"measured (add {PRIMARY_DATASET} to evaluation.datasets)."
             ),
         )
-    return compare(per_problem, dataset=PRIMARY_DATASET, k=PRIMARY_K)
+    return compare(
+        {m: primary[m] for m in params.models if m in primary},
+        contrasts,
+        dataset=PRIMARY_DATASET,
+        k=PRIMARY_K,
+        alpha=params.comparison.alpha,
+        power=params.comparison.power,
+        n_seeds=N_SEEDS,
+    )
 
 
 def compare_models(
     canonical: dict[str, Any], params: EvaluationParams, **model_results: dict[str, Any]
-) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, float]]]:
-    """Collect every model's result and the canonical reference, with intervals and the
-    verdict on the primary metric (:mod:`weighted_mtp.evaluation.comparison`).
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
+    """Collect every model's result and the canonical reference, test the pre-registered
+    contrasts (``evaluation.comparison``) and write the verdict on the primary metric
+    (:mod:`weighted_mtp.evaluation.comparison`).
 
-    Returns the results document (JSON: ``models``, ``table``, ``verdict``), the tidy pass@k
-    table (with ``ci_low``, ``ci_high``, ``n_problems``, ``n_samples``) and the MLflow
-    metrics ``{"<model>.<dataset>.pass_at_<k>": {"value", "step"}}``, per difficulty
-    ``<model>.<dataset>.difficulty_<d>.pass_at_<k>`` (plus mean generated tokens and, with
-    speculative decoding, acceptance rate and tokens per forward).
+    Returns the results document (JSON: ``models``, ``table``, ``contrasts`` with the task ids
+    each side alone solved, ``verdict``), the tidy pass@k table (with the Wilson ``ci_low``,
+    ``ci_high``, ``n_problems``, ``n_samples``), the contrasts table (``contrasts.csv``:
+    :data:`~weighted_mtp.evaluation.comparison.CONTRAST_COLUMNS` then
+    :data:`~weighted_mtp.evaluation.comparison.EXTRA_COLUMNS`, one row per contrast, dataset
+    and k) and the MLflow metrics ``{"<model>.<dataset>.pass_at_<k>": {"value", "step"}}``,
+    per difficulty ``<model>.<dataset>.difficulty_<d>.pass_at_<k>`` (plus mean generated
+    tokens and, with speculative decoding, acceptance rate and tokens per forward), and per
+    contrast ``contrast.<a>-<b>.<dataset>.pass_at_<k>.{diff,p_value,p_holm,mde}`` (a
+    non-finite MDE is not logged).
     """
     if set(model_results) != set(params.models):
         raise ValueError(
@@ -222,15 +243,49 @@ def compare_models(
             for name in ("mean_generated_tokens", "acceptance_rate", "tokens_per_forward"):
                 if name in stats:
                     metrics[f"{model}.{dataset}.{name}"] = {"value": float(stats[name]), "step": 0}
-    verdict = _verdict(params, model_results)
+    comparison = params.comparison
+    per_metric = per_metric_values({m: model_results[m]["summary"] for m in params.models})
+    for a, b in params.untested_contrasts:
+        logger.warning(
+            "contrast %s-%s is not tested: evaluation.models %s does not include both",
+            a,
+            b,
+            params.models,
+        )
+    contrasts = compare_contrasts(
+        per_metric,
+        params.tested_contrasts,
+        alpha=comparison.alpha,
+        power=comparison.power,
+        n_permutations=comparison.n_permutations,
+        seed=comparison.seed,
+        n_seeds=N_SEEDS,
+    )
+    for c in contrasts:
+        prefix = f"contrast.{c.contrast}.{c.dataset}.pass_at_{c.k}"
+        for name in ("diff", "p_value", "p_holm", "mde"):
+            value = float(getattr(c, name))
+            if math.isfinite(value):
+                metrics[f"{prefix}.{name}"] = {"value": value, "step": 0}
+    verdict = _verdict(params, per_metric, contrasts)
+    if params.untested_contrasts:
+        untested = ", ".join(f"{a}-{b}" for a, b in params.untested_contrasts)
+        verdict = dataclasses.replace(
+            verdict,
+            text=f"{verdict.text} Not tested (a model not evaluated in this run): {untested}.",
+        )
     logger.info("verdict: %s", verdict.text)
     document = {
         "ks": list(params.ks),
         "models": results,
         "table": rows,
+        "contrasts": [dataclasses.asdict(c) for c in contrasts],
         "verdict": verdict.to_dict(),
     }
-    return document, pd.DataFrame(rows), metrics
+    contrast_table = pd.DataFrame(
+        [c.row() for c in contrasts], columns=[*CONTRAST_COLUMNS, *EXTRA_COLUMNS]
+    )
+    return document, pd.DataFrame(rows), contrast_table, metrics
 
 
 #: Function-completion datasets a model trained only on stdin/stdout programs has never seen.
@@ -246,6 +301,8 @@ def _notes(results: dict[str, Any], histories: Mapping[str, pd.DataFrame]) -> li
         "solutions through the same sandbox (one per problem: pass@1 only)",
         f"intervals: {int(CONFIDENCE * 100)}% {INTERVAL_METHOD}; counts of problems and "
         "samples are under each dataset in the chart and in the tables",
+        f"{N_SEEDS} fine-tuning seed per method: training variance is in no interval or test "
+        "here; they measure the sampling of problems only",
     ]
     near_zero = [
         d
@@ -269,7 +326,8 @@ def _notes(results: dict[str, Any], histories: Mapping[str, pd.DataFrame]) -> li
     ):
         notes.append(
             "base_model solves nothing: it is the starting point of every method (in the "
-            "embedded default a randomly initialised micro model), so its zeros are expected."
+            "embedded default the pretrained micro model, before any fine-tuning on "
+            "solutions), so its zeros are not a harness error."
         )
     if "critic" in histories:
         notes.append(
@@ -283,10 +341,12 @@ def _notes(results: dict[str, Any], histories: Mapping[str, pd.DataFrame]) -> li
 
 
 def render_report(results: dict[str, Any], **histories: pd.DataFrame) -> tuple[Figure, Figure, str]:
-    """The pass@k chart (intervals; canonical solutions where measured), the training curves
-    of ``histories`` (``{method: <method>_training_history}``) and the HTML page with the
+    """The pass@k chart (Wilson intervals; the canonical solutions' pass@1 as a note) with the
+    pre-registered contrasts as differences with their intervals, the training curves of
+    ``histories`` (``{method: <method>_training_history}``) and the HTML page with the
     verdict."""
-    pass_at_k = plot_pass_at_k(results["table"])
+    contrasts = results.get("contrasts") or []
+    pass_at_k = plot_pass_at_k(results["table"], contrasts=contrasts)
     training = plot_training_curves(histories)
     verdict = (results.get("verdict") or {}).get("text")
     page = render_html(
@@ -295,5 +355,6 @@ def render_report(results: dict[str, Any], **histories: pd.DataFrame) -> tuple[F
         notes=_notes(results, histories),
         verdict=verdict,
         training_png=figure_png(training),
+        contrasts=contrasts,
     )
     return pass_at_k, training, page

@@ -65,6 +65,40 @@ class ExecutionParams(_Strict):
         return limits
 
 
+class ComparisonParams(_Strict):
+    """The pre-registered comparison (``evaluation.comparison``; statistics:
+    :mod:`weighted_mtp.evaluation.comparison`).
+
+    Attributes:
+        contrasts: ``[a, b]`` pairs of evaluated models, each tested as ``pass@k(a) -
+            pass@k(b)`` on every dataset and k; Holm's family is the contrasts of one dataset
+            and k. Fixed here, before the run: the verdict tests these and nothing else.
+        alpha: the family-wise error rate of Holm's correction.
+        power: the power at which the minimum detectable difference is computed.
+        n_permutations: random sign flips of the paired permutation test (used with several
+            samples per problem; exact enumeration when there are fewer flips than this).
+        seed: the permutation test's random generator.
+    """
+
+    contrasts: list[tuple[str, str]] = Field(default_factory=list)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    power: float = Field(0.8, gt=0, lt=1)
+    n_permutations: int = Field(9999, ge=99)
+    seed: int = 0
+
+    @field_validator("contrasts")
+    @classmethod
+    def _distinct_pairs(cls, contrasts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        seen: set[frozenset[str]] = set()
+        for a, b in contrasts:
+            if a == b:
+                raise ValueError(f"[{a}, {b}] compares a model with itself")
+            if frozenset((a, b)) in seen:
+                raise ValueError(f"[{a}, {b}] is listed twice (in either order)")
+            seen.add(frozenset((a, b)))
+        return contrasts
+
+
 class EvaluationParams(_Strict):
     """``params:evaluation`` (conf/base/parameters_evaluation.yml).
 
@@ -76,6 +110,12 @@ class EvaluationParams(_Strict):
         generation: sampling (``temperature`` >= 0; 0 is greedy with one sample per problem).
         ks: the k of the reported pass@k (each >= 1).
         execution: the sandbox's workers and limits.
+        comparison: the pre-registered contrasts and their statistics. The tested family
+            (and so Holm's correction) is :attr:`tested_contrasts`: the contrasts whose two
+            models are both in ``models``. It is fixed by the configuration before any result
+            exists, so evaluating a subset of the models (``conf/a100`` without rho1, a test
+            project with two models) narrows the family without choosing it after the fact;
+            the contrasts set aside are logged and named in the verdict.
     """
 
     models: list[str] = Field(min_length=1)
@@ -83,6 +123,7 @@ class EvaluationParams(_Strict):
     generation: SamplingSettings = Field(default_factory=SamplingSettings)
     ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     execution: ExecutionParams = Field(default_factory=ExecutionParams)
+    comparison: ComparisonParams = Field(default_factory=ComparisonParams)
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -119,6 +160,16 @@ class EvaluationParams(_Strict):
         if repeated:
             raise ValueError(f"models: {repeated} listed more than once")
         return self
+
+    @property
+    def tested_contrasts(self) -> list[tuple[str, str]]:
+        """The contrasts whose models are both evaluated (the family Holm corrects over)."""
+        return [p for p in self.comparison.contrasts if all(m in self.models for m in p)]
+
+    @property
+    def untested_contrasts(self) -> list[tuple[str, str]]:
+        """Contrasts naming a model that this run does not evaluate."""
+        return [p for p in self.comparison.contrasts if p not in self.tested_contrasts]
 
     @property
     def formats(self) -> dict[str, PromptFormat]:

@@ -7,7 +7,7 @@ the project's parameters when the pipeline is created (base, overlaid by the env
 session was started with: ``--env``, recorded by ``weighted_mtp.hooks.SessionEnvironmentHook``,
 or ``KEDRO_ENV`` outside a session), or from ``create_pipeline(models=[...])``;
 ``compare_models`` then checks at run time that the loaded ``params:evaluation`` agrees.
-Adding ``verifiable_model`` to that list adds a sub-pipeline ``verifiable_model.*``, a bar to
+Adding ``verifiable_model`` to that list adds a sub-pipeline ``verifiable_model.*``, a point to
 the report and the critic's and verifiable's training curves (:data:`TRAINING_HISTORIES`),
 with no code change. Those histories are inputs of the report: ``kedro run --pipeline
 evaluation`` alone needs the trainings of the evaluated models done (the prerequisites hook
@@ -131,7 +131,9 @@ def model_pipeline() -> Pipeline:
 
 def create_pipeline(models: Sequence[str] | None = None, **kwargs: object) -> Pipeline:
     """Problems -> canonical check; per model: generate -> execute -> summarise; then the
-    comparison, metrics and report (with the training histories of :data:`TRAINING_HISTORIES`).
+    comparison (per-model table, the pre-registered contrasts of ``evaluation.comparison``,
+    the verdict), metrics and report (with the training histories of
+    :data:`TRAINING_HISTORIES`).
     ``models``: catalog names (default :func:`configured_models`)."""
     models = list(models) if models is not None else configured_models()
     histories = list(
@@ -181,7 +183,12 @@ def create_pipeline(models: Sequence[str] | None = None, **kwargs: object) -> Pi
                     "params": "params:evaluation",
                     **{name: f"{name}_evaluation_result" for name in models},
                 },
-                outputs=["evaluation_results", "evaluation_table", "evaluation_metrics"],
+                outputs=[
+                    "evaluation_results",
+                    "evaluation_table",
+                    "evaluation_contrasts",
+                    "evaluation_metrics",
+                ],
                 name="compare_models",
             ),
             Node(
