@@ -60,26 +60,18 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from weighted_mtp.losses.methods import (
-    BaselineMethod,
     Batch,
-    CriticMethod,
     LossContext,
-    Method,
-    Rho1Method,
-    VerifiableMethod,
     reference_token_ce,
 )
 from weighted_mtp.models.args import ModelArgs, ModelArgsError
 from weighted_mtp.models.transformer import MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.training.config import (
-    METHODS,
-    Rho1Params,
     RuntimeParams,
     TrainingParams,
-    VerifiableParams,
 )
-from weighted_mtp.training.module import MTPTrainingModule
+from weighted_mtp.training.module import MTPTrainingModule, build_method
 from weighted_mtp.training.optim import build_optimizer
 from weighted_mtp.training.parallelize import gradient_sync, inner_module, parallelize
 
@@ -427,27 +419,6 @@ def _fake_device() -> torch.device:
     return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
 
-def _method(name: str, params: TrainingParams, reference: Callable | None) -> Method:
-    # As the worker builds it (training/worker.py), without reading a model directory.
-    if name == "baseline":
-        return BaselineMethod()
-    if name == "critic":
-        return CriticMethod()
-    if name == "verifiable":
-        assert isinstance(params, VerifiableParams)
-        return VerifiableMethod(
-            value_coef=params.value_coef,
-            beta=params.beta,
-            w_min=params.w_min,
-            w_max=params.w_max,
-            gamma=params.gamma,
-        )
-    if name == "rho1":
-        assert isinstance(params, Rho1Params)
-        return Rho1Method(reference=reference, top_k=params.top_k, head0_always=params.head0_always)
-    raise EstimateError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
-
-
 def _reference_model(config: Mapping[str, Any], dtype: torch.dtype, device: torch.device):
     """The frozen Rho-1 reference as the worker loads it (``runtime.dtype``, on the device,
     eval, no gradients), built from its ``config.json`` fields instead of its weights."""
@@ -573,7 +544,7 @@ def _build_step(
             hidden = ref_module.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
             return reference_token_ce(hidden, ref_module.model.lm_head.weight, targets, chunk)
 
-    method = _method(method_name, params, reference_ce)
+    method = build_method(method_name, params, reference_ce)
     # fp32 master weights, as the worker loads them; FSDP2 casts blocks to runtime.dtype.
     with torch.device(device):
         model = MTPTransformer(args)

@@ -8,13 +8,24 @@ errors). Here one call of the (wrapped) module computes the whole micro-batch lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from weighted_mtp.losses.methods import Batch, LossContext, Method
+from weighted_mtp.losses.methods import (
+    BaselineMethod,
+    Batch,
+    CriticMethod,
+    LossContext,
+    Method,
+    Rho1Method,
+    VerifiableMethod,
+)
 from weighted_mtp.losses.metric_values import MetricValues
 from weighted_mtp.models.transformer import MTPTransformer
 from weighted_mtp.models.value_head import ValueHead
+from weighted_mtp.training.config import Rho1Params, TrainingParams, VerifiableParams
 
 
 class _TrainingModule(nn.Module):
@@ -99,3 +110,32 @@ class CausalLMTrainingModule(_TrainingModule):
     def head_hiddens(self, tokens: torch.Tensor, n_heads: int | None = None) -> list[torch.Tensor]:
         out = self.model.model(input_ids=tokens, use_cache=False)
         return [out.last_hidden_state]
+
+
+def build_method(
+    name: str,
+    params: TrainingParams,
+    reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> Method:
+    """The loss of job ``name`` (``baseline`` | ``reference`` | ``pretrain`` | ``critic`` |
+    ``verifiable`` | ``rho1``) from its typed parameters; ``reference`` is Rho-1's per-token
+    reference CE. The one place both the worker and the memory estimate build methods."""
+    if name in ("baseline", "reference", "pretrain"):
+        return BaselineMethod()
+    if name == "critic":
+        return CriticMethod()
+    if name == "verifiable":
+        assert isinstance(params, VerifiableParams)
+        return VerifiableMethod(
+            value_coef=params.value_coef,
+            beta=params.beta,
+            w_min=params.w_min,
+            w_max=params.w_max,
+            gamma=params.gamma,
+        )
+    if name == "rho1":
+        assert isinstance(params, Rho1Params)
+        if reference is None:
+            raise ValueError("rho1 needs its reference model's per-token CE")
+        return Rho1Method(reference=reference, top_k=params.top_k, head0_always=params.head0_always)
+    raise ValueError(f"unknown method {name!r}")

@@ -23,10 +23,7 @@ from weighted_mtp.data.collator import PromptOutputCollator
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.losses.methods import (
     BaselineMethod,
-    CriticMethod,
     Method,
-    Rho1Method,
-    VerifiableMethod,
     reference_token_ce,
 )
 from weighted_mtp.model_io.loading import ModelDirectory, build_meta_model
@@ -38,10 +35,10 @@ from weighted_mtp.model_io.reference import (
 from weighted_mtp.model_io.tokenizer_check import TokenizerMismatchError
 from weighted_mtp.training.checkpoint import wait_for_rank0
 from weighted_mtp.training.checkpoint_storage import CheckpointStorage
-from weighted_mtp.training.config import Rho1Params, VerifiableParams
+from weighted_mtp.training.config import Rho1Params
 from weighted_mtp.training.distributed import WorldInfo, init_distributed, shutdown
 from weighted_mtp.training.loop import TrainSummary, train
-from weighted_mtp.training.module import CausalLMTrainingModule, MTPTrainingModule
+from weighted_mtp.training.module import CausalLMTrainingModule, MTPTrainingModule, build_method
 from weighted_mtp.training.parallelize import enable_tf32
 from weighted_mtp.training.spec import JobSpec
 
@@ -70,46 +67,31 @@ def _checked_tokenizer(proto: bytes, source: str, vocab_size: int) -> Tokenizer:
 
 def _build_method(spec: JobSpec, world: WorldInfo, vocab_size: int) -> Method:
     params = spec.training_params()
-    if spec.method in ("baseline", "reference", "pretrain"):
-        return BaselineMethod()
-    if spec.method == "critic":
-        return CriticMethod()
-    if spec.method == "verifiable":
-        assert isinstance(params, VerifiableParams)
-        return VerifiableMethod(
-            value_coef=params.value_coef,
-            beta=params.beta,
-            w_min=params.w_min,
-            w_max=params.w_max,
-            gamma=params.gamma,
-        )
-    if spec.method == "rho1":
-        assert isinstance(params, Rho1Params)
-        if spec.reference_model is None:
-            raise ValueError("rho1: the job spec names no reference model")
-        from weighted_mtp.model_io.reference import HFModelDirectory
+    if spec.method != "rho1":
+        return build_method(spec.method, params)
+    assert isinstance(params, Rho1Params)
+    if spec.reference_model is None:
+        raise ValueError("rho1: the job spec names no reference model")
+    from weighted_mtp.model_io.reference import HFModelDirectory
 
-        local = HFModelDirectory(spec.reference_model, dict(spec.storage_options)).local_path()
-        # The policy's forward precision (FSDP2's parameter policy / DDP's autocast): the
-        # excess loss compares the two models' CEs, which should carry the same rounding; a
-        # frozen bf16 reference also holds half the memory. Its CE comes out in fp32.
-        reference = load_reference_model(
-            local,
-            device=world.device,
-            dtype=getattr(torch, spec.runtime.dtype),
-            expected_vocab_size=vocab_size,
-        )
-        chunk = params.chunk_size
+    local = HFModelDirectory(spec.reference_model, dict(spec.storage_options)).local_path()
+    # The policy's forward precision (FSDP2's parameter policy / DDP's autocast): the
+    # excess loss compares the two models' CEs, which should carry the same rounding; a
+    # frozen bf16 reference also holds half the memory. Its CE comes out in fp32.
+    reference = load_reference_model(
+        local,
+        device=world.device,
+        dtype=getattr(torch, spec.runtime.dtype),
+        expected_vocab_size=vocab_size,
+    )
+    chunk = params.chunk_size
 
-        @torch.no_grad()
-        def reference_ce(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            hidden = reference.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
-            return reference_token_ce(hidden, reference.model.lm_head.weight, targets, chunk)
+    @torch.no_grad()
+    def reference_ce(input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hidden = reference.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return reference_token_ce(hidden, reference.model.lm_head.weight, targets, chunk)
 
-        return Rho1Method(
-            reference=reference_ce, top_k=params.top_k, head0_always=params.head0_always
-        )
-    raise ValueError(f"unknown method {spec.method!r}")
+    return build_method("rho1", params, reference_ce)
 
 
 def _storage(spec: JobSpec) -> CheckpointStorage:
