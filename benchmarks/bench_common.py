@@ -13,8 +13,11 @@ import argparse
 import contextlib
 import ctypes
 import json
+import os
 import re
 import resource
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -412,3 +415,24 @@ def measure_alternating(
             if memory:
                 out[name].peak_mib.append(hwm_mib() - before)
     return out
+
+
+# --------------------------------------------------------------------------- local servers
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server the benchmark starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGTERM to its group, SIGKILL
+    after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +53,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common  # noqa: E402
 
 MODES = ("memory", "local sync", "local prefetch", "s3 sync", "s3 prefetch")
 
@@ -119,23 +121,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 def _wait(ready: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -152,7 +137,7 @@ def _wait(ready: Callable[[], bool], proc: subprocess.Popen, what: str, log: Pat
 def s3_endpoints(workdir: Path, latency_ms: float) -> Iterator[tuple[str, str, list[int]]]:
     """moto_server and the latency proxy in front of it; yields (direct URL, proxied URL,
     their pids)."""
-    moto_port, proxy_port = _free_port(), _free_port()
+    moto_port, proxy_port = bench_common.free_port(), bench_common.free_port()
     log = workdir / "servers.log"
     procs: list[subprocess.Popen] = []
     try:
@@ -190,7 +175,7 @@ def s3_endpoints(workdir: Path, latency_ms: float) -> Iterator[tuple[str, str, l
         yield direct, proxied, [p.pid for p in procs]
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            bench_common.stop_process_group(proc)
 
 
 # --------------------------------------------------------------------------- data and model

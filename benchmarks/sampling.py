@@ -48,8 +48,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +55,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common  # noqa: E402
 
 GENERATOR_VERSION = 1
 CHUNK_ROWS = 50_000
@@ -474,9 +476,7 @@ def _cpu_seconds(pid: int) -> float:
 @contextlib.contextmanager
 def s3_endpoint(log: Path):  # noqa: ANN201
     """Start the patched moto_server on a free 127.0.0.1 port; yield (url, pid); stop it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = bench_common.free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, __file__, "--serve-s3", str(port)],
@@ -501,14 +501,7 @@ def s3_endpoint(log: Path):  # noqa: ANN201
                 time.sleep(0.3)
         yield url, proc.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        bench_common.stop_process_group(proc)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -97,12 +96,6 @@ def _worker(way: str, model_dir: str, rank: int, world: int, port: int, strategy
 
 
 # --------------------------------------------------------------------------- parent
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _write_model(opts: argparse.Namespace, model_dir: Path) -> None:
     import torch
 
@@ -124,7 +117,7 @@ def _write_model(opts: argparse.Namespace, model_dir: Path) -> None:
 
 
 def _run(way: str, model_dir: Path, opts: argparse.Namespace) -> list[dict]:
-    port = _free_port()
+    port = bench_common.free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
