@@ -325,6 +325,8 @@ def build_world(root: Path, shape: Shape) -> World:
             **r,
             "instruction": _repeat_to(r["instruction"], tokenizer, shape.seq_len // 2, cut=False),
             "output": _repeat_to(r["output"], tokenizer, out_tokens, cut=True),
+            # The lengthened output no longer holds the span where the bug was.
+            "metadata": {**r["metadata"], "bug_span": None},
         }
         for r in records
     ]

@@ -150,14 +150,29 @@ def _fs(endpoint: str):
 def test_env_a100_builds_the_evaluation_pipeline_from_its_own_model_list(project: Path) -> None:
     from kedro.framework.project import pipelines
 
-    def evaluated(env: str | None) -> list[str]:
-        with _session(project, env) as session:
+    def evaluated(env: str | None, **runtime: object) -> list[str]:
+        with _session(project, env, **runtime) as session:
             session.load_context()  # what session.run does before it reads the pipelines
             nodes = pipelines["evaluation"].nodes
             return sorted({n.namespace for n in nodes if n.namespace})
 
     assert evaluated("a100") == ["base_model", "baseline_model", "verifiable_model"]
-    assert evaluated(None) == ["base_model", "baseline_model", "rho1_model", "verifiable_model"]
+    assert evaluated(None) == [
+        "base_model",
+        "baseline_model",
+        "rho1_model",
+        "verifiable_model",
+        "verifiable_uniform_model",
+    ]
+    # --params experiment.seeds=2 reaches pipeline creation in a100 too: each trained model
+    # is evaluated in each seed, base_model once.
+    assert evaluated("a100", experiment={"seeds": 2}) == [
+        "base_model",
+        "baseline_model",
+        "seed_2.baseline_model",
+        "seed_2.verifiable_model",
+        "verifiable_model",
+    ]
 
 
 def test_env_a100_run_uses_the_a100_models(project: Path, no_aws_credentials) -> None:

@@ -60,7 +60,13 @@ def test_a100_evaluates_its_own_model_list():
     base = _context(None).params["evaluation"]
     a100 = _context("a100").params["evaluation"]
     # The embedded default evaluates the untrained model and every trained one.
-    assert base.models == ["base_model", "baseline_model", "verifiable_model", "rho1_model"]
+    assert base.models == [
+        "base_model",
+        "baseline_model",
+        "verifiable_model",
+        "verifiable_uniform_model",
+        "rho1_model",
+    ]
     assert a100.models == ["base_model", "baseline_model", "verifiable_model"]
 
 

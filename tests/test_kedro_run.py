@@ -47,7 +47,7 @@ def test_default_kedro_run_writes_every_output_and_logs_to_mlflow(default_run: P
         assert (data / "06_models" / model_dir).is_dir()
     base = json.loads((data / "06_models" / "micro-mtp" / "metadata.json").read_text())
     assert base["method"] == "pretrain" and base["steps"] == 3
-    for method in ("baseline", "critic", "verifiable", "rho1"):
+    for method in ("baseline", "critic", "verifiable", "verifiable_uniform", "rho1"):
         meta = json.loads((data / "06_models" / method / "metadata.json").read_text())
         assert meta["method"] == method and meta["steps"] == 3
         history = pd.read_csv(data / "08_reporting" / "training" / f"{method}_history.csv")
@@ -70,7 +70,15 @@ def test_default_kedro_run_writes_every_output_and_logs_to_mlflow(default_run: P
     run = parents[0]
     # One nested run per training job, each with its own step history.
     jobs = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    assert jobs == {"pretrain", "baseline", "critic", "verifiable", "reference", "rho1"}
+    assert jobs == {
+        "pretrain",
+        "baseline",
+        "critic",
+        "verifiable",
+        "verifiable_uniform",
+        "reference",
+        "rho1",
+    }
     assert run.data.params["data_engineering.synthetic.n_train_tasks"] == "40"
     assert any(key.startswith("evaluation") for key in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}

@@ -78,6 +78,7 @@ def test_every_pipeline_is_in_the_lineage(graph: dict[str, Any]):
         "train_baseline",
         "train_critic",
         "train_verifiable",
+        "train_verifiable_uniform",
         "tune_reference",
         "train_rho1",
         "generate_completions",
@@ -127,6 +128,7 @@ def test_hand_offs_between_pipelines_are_edges(graph: dict[str, Any]):
         # critic -> verifiable
         ("train_critic", "critic_model"),
         ("critic_model", "train_verifiable"),
+        ("critic_model", "train_verifiable_uniform"),
         # rho1's reference tuning
         ("reference_model", "tune_reference"),
         ("tune_reference", "tuned_reference_model"),

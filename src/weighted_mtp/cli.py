@@ -303,7 +303,8 @@ def _shapes(
     default="",
     callback=split_string,
     help="Training pipelines to estimate, comma-separated (baseline, critic, verifiable, "
-    "rho1); default: all four.",
+    "rho1, verifiable_uniform); default: all but verifiable_uniform, verifiable's job with "
+    "uniform weights.",
 )
 @click.option(
     "--params",
@@ -331,15 +332,21 @@ def estimate(
     the split (parameters, gradients, optimizer, activations, loss); the last line of each
     method reads "peak per GPU: X GiB of <estimate.gpu_memory_gib> GiB (<method>, N ranks)".
     Exit status 1 when a method leaves less than estimate.headroom of the GPU free."""
-    from weighted_mtp.training.config import METHODS, PARAMS_BY_METHOD, RuntimeParams
+    from weighted_mtp.training.config import (
+        METHODS,
+        PARAMS_BY_METHOD,
+        TRAINING_PIPELINES,
+        RuntimeParams,
+        params_group,
+    )
     from weighted_mtp.training.estimate import GIB, EstimateError, EstimateParams, estimate_memory
 
     requested = [p for p in pipelines if p] or list(METHODS)
-    unknown = [p for p in requested if p not in METHODS]
+    unknown = [p for p in requested if p not in TRAINING_PIPELINES]
     if unknown:
         raise click.ClickException(
             f"cannot estimate {', '.join(repr(p) for p in unknown)}: the training pipelines "
-            f"are {', '.join(METHODS)}"
+            f"are {', '.join(TRAINING_PIPELINES)}"
         )
     project_path = Path(metadata.project_path) if metadata else Path.cwd()
     loader = _project_config(project_path, env, params)
@@ -353,7 +360,8 @@ def estimate(
         click.echo(note)
     over = []
     for method in dict.fromkeys(requested):
-        method_params = _validated(method, PARAMS_BY_METHOD[method], parameters.get(method))
+        group = params_group(method)
+        method_params = _validated(group, PARAMS_BY_METHOD[method], parameters.get(group))
         try:
             result = estimate_memory(method, method_params, runtime, args, reference=reference)
         except EstimateError as exc:
@@ -371,7 +379,7 @@ def estimate(
             click.echo(
                 f"{method} needs more than {estimate_params.limit_gib:g} GiB ("
                 f"{estimate_params.gpu_memory_gib:g} GiB less {estimate_params.headroom:.0%} headroom): "
-                f"lower {method}.batch_size (raising grad_accum_steps to keep the global "
+                f"lower {group}.batch_size (raising grad_accum_steps to keep the global "
                 "batch) or set runtime.activation_checkpointing=blocks",
                 err=True,
             )

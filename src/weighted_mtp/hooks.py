@@ -163,11 +163,13 @@ class UntypedParamsHook:
 # --------------------------------------------------------------------------- session environment
 @dataclass(frozen=True)
 class SessionConfig:
-    """Where the latest Kedro session of this process reads its configuration."""
+    """Where the latest Kedro session of this process reads its configuration, and the
+    ``--params`` it was given (``runtime_params``), which overlay the files."""
 
     project_path: Path
     conf_source: str
     env: str | None
+    runtime_params: Mapping[str, Any] | None = None
 
 
 _SESSION: SessionConfig | None = None
@@ -186,15 +188,20 @@ def session_config() -> SessionConfig | None:
 
 
 class SessionEnvironmentHook:
-    """Records the environment (``--env``, or ``KEDRO_ENV``) and configuration folder of the
-    session, for code that shapes pipelines from configuration.
+    """Records the environment (``--env``, or ``KEDRO_ENV``), configuration folder and runtime
+    parameters (``--params``) of the session, for code that shapes pipelines from
+    configuration (:func:`configured_parameters`).
 
     Kedro creates pipelines after the context (``session.run`` loads the context, fires
     ``after_context_created``, then reads ``pipelines[...]``, which calls
     ``register_pipelines``), but ``register_pipelines`` is given no context. The evaluation
-    pipeline is shaped by ``evaluation.models``; without this, it could only guess the
-    environment from ``KEDRO_ENV`` and ``kedro run --env a100`` would build base's list.
-    ``tryfirst``: before plugin hooks that may read parameters, which loads the pipelines.
+    pipeline is shaped by ``evaluation.models`` and every method pipeline by
+    ``experiment.seeds``; without this, they could only guess the environment from
+    ``KEDRO_ENV`` (``kedro run --env a100`` would build base's list) and would never see
+    ``kedro run --params experiment.seeds=3``. The runtime parameters are the config loader's
+    public ``runtime_params`` (Kedro hands the session's ``--params`` to the loader it builds
+    the context with). ``tryfirst``: before plugin hooks that may read parameters, which loads
+    the pipelines.
     """
 
     @hook_impl(tryfirst=True)
@@ -206,7 +213,59 @@ class SessionEnvironmentHook:
             from kedro.framework.project import settings
 
             conf_source = str(project / settings.CONF_SOURCE)
-        record_session(SessionConfig(project.resolve(), str(conf_source), context.env))
+        runtime = getattr(loader, "runtime_params", None)
+        record_session(
+            SessionConfig(
+                project.resolve(),
+                str(conf_source),
+                context.env,
+                dict(runtime) if isinstance(runtime, Mapping) else None,
+            )
+        )
+
+
+def configured_parameters(project_path: Path | None = None) -> dict[str, Any]:
+    """The project's parameters as the session that is building the pipelines sees them:
+    conf/base overlaid by its environment and its ``--params`` (recorded by
+    :class:`SessionEnvironmentHook`, whose ``after_context_created`` runs before
+    ``register_pipelines``). Without a session of ``project_path`` (the package imported
+    alone, ``create_pipeline()`` in a test), the environment is ``KEDRO_ENV`` and there are
+    no runtime parameters; ``{}`` when no configuration is found (the package used outside
+    its project).
+
+    Raw values, not validated: callers that shape pipelines check the few keys they read.
+    """
+    import warnings
+
+    from kedro.framework.project import settings
+
+    session = session_config()
+    env = os.environ.get("KEDRO_ENV")
+    runtime: Mapping[str, Any] | None = None
+    conf: Path | None = None
+    if session is not None and (
+        project_path is None or Path(project_path).resolve() == session.project_path
+    ):
+        conf, env, runtime = Path(session.conf_source), session.env, session.runtime_params
+    else:
+        start = (project_path or Path.cwd()).resolve()
+        for root in (start, *start.parents):
+            if (root / "pyproject.toml").is_file() and (root / settings.CONF_SOURCE).is_dir():
+                conf = root / settings.CONF_SOURCE
+                break
+    if conf is None or not conf.is_dir():
+        return {}
+    with warnings.catch_warnings():
+        # A second loader re-registers Kedro's resolvers; OmegaConf's deprecation notice about
+        # that was already shown by the session's own loader.
+        warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
+        loader = settings.CONFIG_LOADER_CLASS(
+            conf_source=str(conf),
+            env=env,
+            runtime_params=dict(runtime or {}),
+            **settings.CONFIG_LOADER_ARGS,
+        )
+        return dict(loader["parameters"])
 
 
 # --------------------------------------------------------------------------- prerequisites

@@ -111,8 +111,26 @@ def test_converts_python3_solutions_and_counts_the_others() -> None:
         "source": "codecontests/codeforces",
         "difficulty": 7,
         "has_tests": True,
+        "bug_span": None,
     }
     assert result.records[3]["metadata"]["has_tests"] is False
+
+
+def test_bug_spans_of_incorrect_solutions_are_carried_when_present() -> None:
+    rows = sample_rows()
+    # The synthetic generator's extra field, parallel to the solutions (Java and Python 2
+    # entries are filtered with their spans).
+    rows[0]["incorrect_solutions"]["bug_span"] = [None, [6, 7], None]
+    rows[0]["solutions"]["bug_span"] = [None, None, None]
+    records = convert_codecontests(rows, split="train").records
+    assert [r["metadata"]["bug_span"] for r in records] == [None, None, [6, 7], None, None]
+
+    rows[0]["incorrect_solutions"]["bug_span"] = [None, [6, 99], None]
+    with pytest.raises(RecordError, match="bug_span 1 = \\[6, 99\\] is not a non-empty span"):
+        convert_codecontests(rows, split="train")
+    rows[0]["incorrect_solutions"]["bug_span"] = [None, [6, 7]]
+    with pytest.raises(RecordError, match="2 bug spans for 3 solutions"):
+        convert_codecontests(rows, split="train")
 
 
 def test_problems_carry_all_tests_in_order() -> None:
@@ -196,6 +214,7 @@ def test_auto_detects_the_numbering_from_unambiguous_values() -> None:
         "source": "codecontests/aizu",
         "difficulty": 20,
         "has_tests": True,
+        "bug_span": None,
     }
     assert proto.records[0]["metadata"]["source"] == "codecontests/atcoder"
     assert proto.records[0]["metadata"]["difficulty"] == 19  # proto M (20) -> card M (19)

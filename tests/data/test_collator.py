@@ -217,3 +217,49 @@ def test_bad_record_names_field(tokenizer: Tokenizer) -> None:
         collator([record("a", "b"), {"instruction": "x", "task_id": "cc/1"}])
     with pytest.raises(RecordFormatError, match="'instruction' is int"):
         collator([{"instruction": 3, "output": "x"}])
+
+
+def _with_span(rec: dict, span: list[int] | None) -> dict:
+    return {**rec, "metadata": {**rec["metadata"], "bug_span": span}}
+
+
+def test_bug_mask_marks_the_output_tokens_overlapping_the_span(tokenizer: Tokenizer) -> None:
+    # "é" is not in the corpus: byte-fallback pieces, one of which covers no byte of its own.
+    output = "n = int(input())\nif n >= 2:\n    print('é', n)\n"
+    start = output.index(">=")
+    records = [
+        _with_span(record("Read n.", output, is_correct=False), [start, start + 2]),
+        record("Read n.", "print(1)\n"),
+        _with_span(record("Read n.", output, is_correct=False), [output.index("é"), len(output)]),
+    ]
+    batch = PromptOutputCollator(tokenizer, 256)(records)
+    bug = batch["bug_mask"]
+    assert bug.shape == batch["labels"].shape and bug.dtype == torch.bool
+    assert not bug[1].any()
+    assert not (bug & (batch["labels"] == IGNORE_INDEX)).any()  # output tokens only
+    prompt_len = int((batch["labels"][0] == IGNORE_INDEX).cumprod(0).sum())
+    ids = batch["input_ids"][0]
+    # Slow reference: token j is in the span when the text of tokens < j ends before the
+    # span's end and the text of tokens <= j reaches past its start.
+    for row, span in ((0, (start, start + 2)), (2, (output.index("é"), len(output)))):
+        n_out = int((batch["labels"][row] != IGNORE_INDEX).sum()) - 1  # without EOS
+        out_ids = batch["input_ids"][row, prompt_len : prompt_len + n_out].tolist()
+        expected = []
+        for j in range(n_out):
+            before = len(tokenizer.decode(out_ids[:j]).encode())
+            through = len(tokenizer.decode(out_ids[: j + 1]).encode())
+            lo = len(output[: span[0]].encode())
+            hi = len(output[: span[1]].encode())
+            expected.append(before < hi and max(through, before + 1) > lo)
+        got = bug[row, prompt_len : prompt_len + n_out].tolist()
+        assert got == expected and any(got)
+        assert not bug[row, prompt_len + n_out :].any()  # never the EOS
+    picked = tokenizer.decode(ids[bug[0]].tolist())
+    assert ">=" in picked and "print" not in picked
+
+    shifted = shift_labels(bug.long(), 0).bool()  # what BatchReader puts into Batch.extras
+    assert torch.equal(shifted[:, :-1], bug[:, 1:])
+
+    with pytest.raises(RecordFormatError, match="metadata.bug_span"):
+        PromptOutputCollator(tokenizer, 256)([_with_span(record("x", "ab\n"), [2, 9])])
+    assert "bug_mask" not in PromptOutputCollator(tokenizer, 256)([record("x", "ab\n")])

@@ -12,7 +12,13 @@ import pytest
 
 from weighted_mtp.data.errors import MetadataMismatchError
 from weighted_mtp.data.manifest import entry_for_records, entry_for_table, verify_file
-from weighted_mtp.data.metadata import COLUMNS, build_metadata, line_spans, verify_metadata
+from weighted_mtp.data.metadata import (
+    COLUMNS,
+    build_metadata,
+    line_spans,
+    normalise_metadata_table,
+    verify_metadata,
+)
 from weighted_mtp.data.offset_reader import read_records
 from weighted_mtp.data.prompt import format_prompt
 from weighted_mtp.data.tokenizer_training import train_tokenizer
@@ -161,3 +167,23 @@ def test_table_manifest_entry_matches_the_written_parquet(tmp_path: Path, writte
     table.to_parquet(path)
     verify_file(str(path), entry_for_table(table))
     assert entry_for_table(table)["rows"] == len(table)
+
+
+def test_bug_span_columns_carry_the_records_spans_and_old_tables_read_as_none(
+    tmp_path: Path, tokenizer
+) -> None:
+    records = [record(0, "a"), record(1, "b", correct=False), record(2, "c", correct=False)]
+    records[1]["metadata"]["bug_span"] = [6, 9]
+    records[2]["metadata"]["bug_span"] = None
+    table = build_metadata(records, tokenizer)
+    assert table["bug_start"].tolist() == [-1, 6, -1] and table["bug_end"].tolist() == [-1, 9, -1]
+    path = tmp_path / "t.jsonl"
+    JsonlDataset(filepath=str(path), schema="training").save(records)
+    verify_metadata(path, table)
+    with pytest.raises(MetadataMismatchError, match=r"metadata row 1: bug span \(6, 10\)"):
+        verify_metadata(path, _mutated(table, "bug_end", 1, 10))
+    # A table written before the columns existed: verified without them, normalised to -1.
+    old = table.drop(columns=["bug_start", "bug_end"])
+    verify_metadata(path, old)
+    again = normalise_metadata_table(old)
+    assert again["bug_start"].tolist() == [-1, -1, -1] and str(again["bug_end"].dtype) == "int64"

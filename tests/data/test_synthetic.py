@@ -19,8 +19,15 @@ from weighted_mtp.data.synthetic import (
     iter_codecontests_rows,
 )
 from weighted_mtp.data.synthetic.family import Family
-from weighted_mtp.data.synthetic.generator import build_row
-from weighted_mtp.data.synthetic.tasks import Task, draw_task
+from weighted_mtp.data.synthetic.generator import build_row, iter_tasks
+from weighted_mtp.data.synthetic.programs import (
+    MULTI_LAYOUTS,
+    PRINT_STYLES,
+    READ_STYLES,
+    SINGLE_LAYOUTS,
+    build_program,
+)
+from weighted_mtp.data.synthetic.tasks import Task, departure_span, draw_task
 
 # Runs one program over many inputs in one interpreter: stdin/stdout are swapped per input,
 # so the whole label check costs one process start per program, not per test.
@@ -128,7 +135,8 @@ def check_schema(row: dict) -> None:
     assert len(row["public_tests"]["input"]) <= 2
     for field in SOLUTION_FIELDS:
         sols = row[field]
-        assert set(sols) == {"language", "solution"}
+        extra = {"bug_span"} if field == "incorrect_solutions" else set()
+        assert set(sols) == {"language", "solution"} | extra
         assert len(sols["language"]) == len(sols["solution"]) >= 1
         assert all(type(x) is int and 0 <= x <= 4 for x in sols["language"])
         assert all(isinstance(x, str) for x in sols["solution"])
@@ -268,3 +276,102 @@ def test_bad_arguments_raise_value_error(kwargs, match):
         iter_codecontests_rows(seed=0, **kwargs)
     with pytest.raises(ValueError, match=match):
         generate_codecontests_rows(seed=0, **kwargs)
+
+
+# ---------------------------------------------------------------- bug spans
+
+
+def test_departure_span_on_textbook_edits() -> None:
+    assert departure_span("if x >= K:\n", "if x > K:\n") == (6, 7)  # insertion: "="
+    assert departure_span("if x > K:\n", "if x >= K:\n") == (6, 7)  # deletion: where it goes on
+    assert departure_span("ans = best\n", "ans = best + 1\n") == (10, 11)
+    assert departure_span("abs(x) > K", "x > K") == (0, 6)  # "abs(x)" for "x"
+    assert departure_span("ab\n", "ab\nprint()\n") is None  # a prefix departs only at its end
+
+
+def _correct_programs(task: Task) -> list[str]:
+    """Every correct program of ``task``: each correct core, read style, layout, print style."""
+    layouts = MULTI_LAYOUTS if task.multi else SINGLE_LAYOUTS
+    styles = READ_STYLES[:3] if task.family.line_based else READ_STYLES
+    return [
+        build_program(
+            task.family,
+            task.params,
+            core,
+            multi=task.multi,
+            style=style,
+            layout=layout,
+            print_style=print_style,
+        )
+        for core in task.family.cores
+        for style in styles
+        for layout in layouts
+        for print_style in PRINT_STYLES
+    ]
+
+
+def _is_twin(twin: str, program: str, start: int, end: int) -> bool:
+    """``program`` departs from ``twin`` exactly on ``[start, end)``: identical outside it,
+    different inside it, and different at its first character (where it goes wrong)."""
+    tail = len(program) - end
+    return (
+        twin[:start] == program[:start]
+        and len(twin) - tail >= start
+        and twin[len(twin) - tail :] == program[end:]
+        and twin[start : len(twin) - tail] != program[start:end]
+        and (start == len(twin) or twin[start] != program[start])
+    )
+
+
+def _tasks_with_rows(n: int, seed: int) -> list[tuple[Task, dict]]:
+    return [
+        (task, build_row(task, rng, index, "train"))
+        for index, (task, rng) in enumerate(iter_tasks(n, seed, "train"))
+    ]
+
+
+def test_bug_span_is_where_each_incorrect_program_departs_from_a_correct_twin() -> None:
+    checked = 0
+    for task, row in _tasks_with_rows(len(FAMILIES) + 10, seed=5):
+        sols = row["incorrect_solutions"]
+        correct = _correct_programs(task)
+        for language, program, span in zip(
+            sols["language"], sols["solution"], sols["bug_span"], strict=True
+        ):
+            if language != LANGUAGE_PYTHON3:
+                assert span is None
+                continue
+            start, end = span
+            assert 0 <= start < end <= len(program)
+            assert program not in correct
+            assert any(_is_twin(t, program, start, end) for t in correct), task.family.name
+            checked += 1
+    assert checked > 2 * len(FAMILIES)
+
+
+def test_bug_span_can_fail() -> None:
+    # The check above is not vacuous: a span shifted by one character has no twin.
+    task, row = _tasks_with_rows(1, seed=5)[0]
+    program = row["incorrect_solutions"]["solution"][0]
+    start, end = row["incorrect_solutions"]["bug_span"][0]
+    correct = _correct_programs(task)
+    assert not any(
+        twin[: start + 1] == program[: start + 1] and twin[start + 1] != program[start + 1]
+        for twin in correct
+        if len(twin) > start + 1
+    )
+
+
+def test_stream_rows_give_every_python3_incorrect_solution_a_span() -> None:
+    rows = generate_codecontests_rows(60, seed=3, split="valid")
+    spans = [
+        span
+        for row in rows
+        for language, span in zip(
+            row["incorrect_solutions"]["language"],
+            row["incorrect_solutions"]["bug_span"],
+            strict=True,
+        )
+        if language == LANGUAGE_PYTHON3
+    ]
+    assert len(spans) > 60 and all(span is not None for span in spans)

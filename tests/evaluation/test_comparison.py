@@ -19,7 +19,9 @@ from weighted_mtp.evaluation.comparison import (
     SIGN_FLIP,
     compare,
     compare_contrasts,
+    detectable_effect,
     estimate,
+    group_seeds,
     holm,
     mcnemar_exact,
     minimum_detectable_difference,
@@ -27,7 +29,11 @@ from weighted_mtp.evaluation.comparison import (
     paired_t_interval,
     per_metric_values,
     per_problem_values,
+    pool_seeds,
+    seed_spread,
+    seeded_name,
     sign_flip_test,
+    split_seed,
     wilson_interval,
 )
 
@@ -288,3 +294,100 @@ def test_per_problem_values_filters_dataset_difficulty_and_k() -> None:
 def test_bad_input_is_refused(call, message) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --------------------------------------------------------------------------- seeds
+#: Three seeds of a and b on six problems (one greedy sample: 0/1 per seed and problem).
+#: Per-problem seed means: a = [1, 2/3, 1/3, 0, 1/3, 0], b = [0, 0, 0, 1/3, 1/3, 0], so the
+#: differences are d = [1, 2/3, 1/3, -1/3, 0, 0].
+SEEDED = {
+    "a": [1, 1, 1, 0, 0, 0],
+    "seed_2.a": [1, 1, 0, 0, 0, 0],
+    "seed_3.a": [1, 0, 0, 0, 1, 0],
+    "b": [0, 0, 0, 1, 0, 0],
+    "seed_2.b": [0, 0, 0, 0, 1, 0],
+    "seed_3.b": [0, 0, 0, 0, 0, 0],
+}
+
+
+def test_pooled_contrast_over_three_seeds_matches_a_hand_computation() -> None:
+    per_seed = {("codecontests", 1): _scores(**SEEDED)}
+    pooled, counts = pool_seeds(per_seed[("codecontests", 1)])
+    assert counts == {"a": 3, "b": 3}
+    assert list(pooled["a"].values()) == pytest.approx([1, 2 / 3, 1 / 3, 0, 1 / 3, 0])
+    assert list(pooled["b"].values()) == pytest.approx([0, 0, 0, 1 / 3, 1 / 3, 0])
+    [row] = compare_contrasts({("codecontests", 1): pooled}, [("a", "b")], n_seeds=counts)
+    # By hand: the 2**4 sign flips of the non-zero |d| = (1, 2/3, 1/3, 1/3) have sums 7/3
+    # (all +), 5/3 (either 1/3 flipped: twice), then at most 1; the observed sum is 5/3, so
+    # P(sum >= 5/3) = 3/16 and the two-sided p is 6/16.
+    assert row.p_value == pytest.approx(0.375)
+    # The same by the slow obvious route: every flip of every problem, nothing dropped.
+    d = np.array([1, 2 / 3, 1 / 3, -1 / 3, 0, 0])
+    flips = [np.mean(d * np.array(s)) for s in itertools.product((1, -1), repeat=d.size)]
+    tail = np.mean([f >= d.mean() - 1e-12 for f in flips])
+    assert row.p_value == pytest.approx(min(1.0, 2 * tail))
+    assert row.diff == pytest.approx(d.mean()) == pytest.approx(5 / 18)
+    assert (row.n_seeds, row.n_problems, row.test) == (3, 6, SIGN_FLIP)
+    t = 2.570581835636314  # scipy.stats.t.ppf(0.975, 5)
+    half = t * np.std(d, ddof=1) / math.sqrt(6)
+    assert (row.diff_low, row.diff_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    # MDE on the per-problem means: psi = mean |d| = 7/18, alone in its family (level 0.05).
+    effect = detectable_effect(6, 0.05)
+    assert row.mde == pytest.approx(min_mde(effect, 7 / 18))
+    # Spread: each seed's pass@1 (mean over the six problems) and sd with ddof 1.
+    spread = {s.model: s for s in seed_spread(per_seed)}
+    assert spread["a"].per_seed == pytest.approx([3 / 6, 2 / 6, 2 / 6])
+    assert spread["a"].mean == pytest.approx(7 / 18)
+    assert spread["a"].sd == pytest.approx(math.sqrt(1 / 108))
+    assert (spread["a"].min, spread["a"].max) == pytest.approx((2 / 6, 3 / 6))
+    assert spread["b"].per_seed == pytest.approx([1 / 6, 1 / 6, 0])
+    verdict = compare(pooled, [row], n_seeds=3, spread=list(spread.values()))
+    assert "a 0.389 [" in verdict.text and "(seeds 0.500/0.333/0.333, sd 0.096)" in verdict.text
+    assert "3 fine-tuning seeds per trained method" in verdict.text
+    assert "training variance is not in these intervals" not in verdict.text
+    assert verdict.n_seeds == 3 and set(verdict.spread) == {"a", "b"}
+
+
+def min_mde(effect: float, psi: float) -> float:
+    mde = max(effect * math.sqrt(psi), effect**2)
+    return mde if mde <= 1 else math.inf
+
+
+def test_one_seed_pools_to_itself_and_keeps_mcnemar() -> None:
+    values = _scores(a=[1.0] * 4 + [0.0] * 6, b=[0.0] * 10, base=[0.0] * 10)
+    pooled, counts = pool_seeds(values)
+    assert pooled == values and counts == {"a": 1, "b": 1, "base": 1}
+    [row] = compare_contrasts({("cc", 1): pooled}, [("a", "b")], n_seeds=counts)
+    assert row.test == MCNEMAR and row.n_seeds == 1
+    assert [s.sd for s in seed_spread({("cc", 1): values})] == [None, None, None]
+
+
+def test_a_contrast_against_a_model_evaluated_once_counts_the_trained_seeds() -> None:
+    values = _scores(**{"a": [1, 0], "seed_2.a": [1, 1], "base": [0, 0]})
+    pooled, counts = pool_seeds(values)
+    [row] = compare_contrasts({("cc", 1): pooled}, [("a", "base")], n_seeds=counts)
+    assert row.n_seeds == 2 and row.pass_a == pytest.approx(0.75)
+
+
+def test_seed_names_and_their_gaps() -> None:
+    assert split_seed("seed_12.baseline_model") == ("baseline_model", 12)
+    assert split_seed("baseline_model") == ("baseline_model", 1)
+    assert seeded_name("baseline_model", 1) == "baseline_model"
+    assert seeded_name("critic", 3) == "seed_3.critic"
+    with pytest.raises(ValueError, match="seed 1 has the plain name"):
+        split_seed("seed_1.baseline_model")
+    with pytest.raises(ValueError, match="integer >= 1"):
+        seeded_name("critic", 0)
+    with pytest.raises(ValueError, match=r"seeds \[1, 3\] evaluated; expected 1..3"):
+        group_seeds(["a", "seed_3.a"])
+    with pytest.raises(ValueError, match=r"seeds \[2, 3\] evaluated"):
+        pool_seeds({"seed_2.a": {"t": 1.0}, "seed_3.a": {"t": 1.0}})
+    assert group_seeds(["seed_2.a", "b", "a"]) == {"a": {1: "a", 2: "seed_2.a"}, "b": {1: "b"}}
+
+
+@pytest.mark.parametrize("n", [1, 6, 7, 100, 300])
+def test_wilson_interval_contains_the_observed_proportion_exactly(n: int) -> None:
+    # statsmodels returns low = 2.8e-17 for 0 of 6: the report's error bar went negative.
+    for values in ([0.0] * n, [1.0] * n):
+        low, high = wilson_interval(values)
+        assert low <= float(np.mean(values)) <= high

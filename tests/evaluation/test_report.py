@@ -18,6 +18,7 @@ from weighted_mtp.evaluation.comparison import (
     wilson_interval,
 )
 from weighted_mtp.evaluation.report import (
+    colours,
     figure_png,
     overview_table,
     plot_pass_at_k,
@@ -293,3 +294,43 @@ def test_table_interval_is_the_verdicts_whatever_the_problem_order():
         verdict.estimates["m"].high,
     )
     assert row["ci_low"] < row["pass_at_k"] < row["ci_high"]
+
+
+def test_seeds_of_a_method_share_its_column_and_colour() -> None:
+    def row(model: str, value: float) -> dict:
+        return {
+            "model": model,
+            "dataset": "codecontests",
+            "difficulty": None,
+            "k": 1,
+            "pass_at_k": value,
+            "ci_low": 0.0,
+            "ci_high": min(1.0, value + 0.1),
+            "n_problems": 100,
+            "n_samples": 100,
+        }
+
+    rows = [
+        row("base_model", 0.0),
+        row("baseline_model", 0.10),
+        row("seed_2.baseline_model", 0.06),
+        row("seed_3.baseline_model", 0.08),
+    ]
+    fig = plot_pass_at_k(rows)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "baseline\n3 seeds"]
+    # Three seed points around x = 1, in baseline's colour, and a bar at their mean.
+    points = [line for line in ax.lines if line.get_marker() == "o"]
+    xs = sorted(float(p.get_xdata()[0]) for p in points)
+    assert xs[0] == 0.0 and all(0.5 < x < 1.5 for x in xs[1:]) and len(xs) == 4
+    assert {p.get_color() for p in points[1:]} == {colours(["baseline_model"])["baseline_model"]}
+    # The seeds' mean: one horizontal segment at 0.08 (hlines is a LineCollection).
+    means = [
+        segment[0][1]
+        for collection in ax.collections
+        if hasattr(collection, "get_segments")
+        for segment in collection.get_segments()
+        if len(segment) == 2 and segment[0][1] == segment[1][1]
+    ]
+    assert means == [pytest.approx(0.08)]
+    assert colours(["seed_2.verifiable_model"]) == {"seed_2.verifiable_model": "C2"}

@@ -210,7 +210,7 @@ def test_critic_matches_direct_mse_and_trains_only_value_head(setup):
     loss, metrics = module(tokens, targets, is_correct, ctx=LossContext(denominators=denoms))
     loss.backward()
     _, hidden = model(tokens, return_hidden=True)
-    values = head(hidden)
+    values = head(hidden, targets != IGNORE_INDEX)
     acc, n = 0.0, 0
     for b in range(B):
         for t in range(T):
@@ -235,7 +235,7 @@ def test_verifiable_matches_loops(setup):
     module.zero_grad(set_to_none=True)
 
     logits, hidden = model(tokens, return_hidden=True)
-    values = head(hidden)
+    values = head(hidden, targets != IGNORE_INDEX)
     v = values.detach()
     weights = torch.zeros(B, T, dtype=torch.float64)
     for b in range(B):
@@ -312,8 +312,10 @@ def test_rho1_head0_is_normalised_by_the_step_count_like_baseline(setup):
     rho1 = MTPTrainingModule(model, None, Rho1Method(reference=lambda i, t: ref_ce))
     base = MTPTrainingModule(model, None, BaselineMethod())
     totals = {"rho1": 0.0, "base": 0.0}
-    for rows in (slice(0, 1), slice(1, 3)):
-        ctx = LossContext(denominators=denoms, n_micro=2)
+    parts = (slice(0, 1), slice(1, 3))
+    micro = torch.stack([head_valid_counts(targets[r], N_HEADS).double() for r in parts])
+    for rows in parts:
+        ctx = LossContext(denominators=denoms, n_micro=2, micro_counts=micro)
         _, m = rho1(tokens[rows], targets[rows], None, ref_ce[rows], ctx=ctx)
         totals["rho1"] += m.finalize()["train/head_0_loss"]
         _, m = base(tokens[rows], targets[rows], ctx=ctx)

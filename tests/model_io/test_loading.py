@@ -17,8 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tests.model_fixtures import tiny_args, tiny_model
 from weighted_mtp.datasets import ModelDirectoryDataset
 from weighted_mtp.model_io.hf_config import args_from_hf_config
-from weighted_mtp.model_io.loading import ModelDirectory, read_model_args
+from weighted_mtp.model_io.loading import ModelDirectory, build_meta_model, read_model_args
 from weighted_mtp.model_io.model_dir import (
+    MissingKeyError,
     ModelDirectoryContents,
     ModelDirectoryError,
     ModelFileNotFoundError,
@@ -98,6 +99,26 @@ def test_value_head_saved_or_fresh(tmp_path: Path, model, caplog) -> None:
     assert 0.005 < fresh.weight.float().std() < 0.05
     hidden = torch.randn(2, 5, 32, dtype=torch.bfloat16)
     assert fresh(hidden).shape == (2, 5)
+
+
+def test_value_head_saved_without_bias_is_refused_clearly(tmp_path: Path, model) -> None:
+    # Critic directories written before the running-mean head hold value_head.weight only:
+    # a per-position head, which this one does not compute. Loading them names the fix.
+    head = ValueHead(32)
+    save_model_dir(
+        model, model.args, TOKENIZER, tmp_path / "old", value_head={"weight": head.weight}
+    )
+    with pytest.raises(MissingKeyError, match="without value_head.'bias'.*retrain the critic"):
+        load_model(tmp_path / "old", with_value_head=True)
+    with pytest.raises(MissingKeyError, match="without value_head.'bias'.*retrain the critic"):
+        build_meta_model(tmp_path / "old", with_value_head=True)
+    assert isinstance(load_model(tmp_path / "old"), MTPTransformer)  # the policy still loads
+
+    save_model_dir(model, model.args, TOKENIZER, tmp_path / "bad", value_head={"bias": head.bias})
+    with pytest.raises(MissingKeyError, match="value_head.'weight'"):
+        load_model(tmp_path / "bad", with_value_head=True)
+    with pytest.raises(MissingKeyError, match="value_head.'weight'"):
+        build_meta_model(tmp_path / "bad", with_value_head=True)
 
 
 def test_missing_directory_and_params_are_named(tmp_path: Path) -> None:

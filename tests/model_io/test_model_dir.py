@@ -51,6 +51,7 @@ def test_round_trip_is_bit_exact(tmp_path: Path, model, dtype, shard) -> None:
     stored = read_state_dict(out)
     expected = {k: v.to(dtype) for k, v in model.state_dict().items()}
     expected["value_head.weight"] = head.weight.detach().to(dtype)
+    expected["value_head.bias"] = head.bias.detach().to(dtype)
     assert set(stored) == set(expected)
     for key, tensor in expected.items():
         assert stored[key].dtype == dtype, key

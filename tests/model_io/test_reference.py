@@ -96,3 +96,31 @@ def test_hf_dataset_round_trip(micro_ref_dir, tmp_path: Path) -> None:
         dataset.save("not a model")
     with pytest.raises(DatasetError, match="read-only"):
         HFModelDirectoryDataset(path=str(tmp_path / "ds"), read_only=True).save(model)
+
+
+@pytest.mark.parametrize("n_kv_heads", [None, 2], ids=["mha", "gqa"])
+def test_causal_lm_from_mtp_equals_head_0(n_kv_heads: int | None) -> None:
+    """The converted reference's logits are the MTP model's head 0 (RoPE row permutation,
+    norms, GQA); the extra heads are left out."""
+    from weighted_mtp.model_io.reference import causal_lm_from_mtp
+    from weighted_mtp.models import ModelArgs, MTPTransformer
+
+    torch.manual_seed(0)
+    args = ModelArgs(
+        dim=64, n_layers=5, n_heads=4, n_kv_heads=n_kv_heads, vocab_size=96, multiple_of=16,
+        n_future_tokens=3, rope_theta=500.0, norm_eps=1e-6, max_seq_len=64,
+    )  # fmt: skip
+    model = MTPTransformer(args).eval()
+    with torch.no_grad():  # random norm gains: a swapped or missing norm cannot go unnoticed
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    before = torch.random.get_rng_state()
+    causal_lm = causal_lm_from_mtp(model, eos_token_id=2)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert causal_lm.config.num_hidden_layers == 3 and causal_lm.config.eos_token_id == 2
+    tokens = torch.randint(0, 96, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            causal_lm(input_ids=tokens).logits, model(tokens)[:, :, 0], atol=1e-5, rtol=1e-5
+        )

@@ -226,9 +226,12 @@ def _check_layout(layout: str, model_dir: Path, out: Path, strategy: str) -> Non
                 assert torch.equal(expected[name], value.float()), key
     if layout == "meta_fp32_fresh_head":  # the critic's start: seeded, not the global RNG's
         torch.manual_seed(SEED)
-        expected["value_head.weight"] = ValueHead(ref_model.args.dim).weight
+        fresh = ValueHead(ref_model.args.dim)
+        expected["value_head.weight"] = fresh.weight
+        expected["value_head.bias"] = fresh.bias
     elif ref_head is not None:
         expected["value_head.weight"] = ref_head.weight
+        expected["value_head.bias"] = ref_head.bias
     assert sorted(got) == sorted(expected), layout
     for key, value in expected.items():
         assert got[key].dtype == torch.float32, (layout, key)

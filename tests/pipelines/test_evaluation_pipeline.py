@@ -6,6 +6,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -20,10 +21,17 @@ from kedro_datasets.text import TextDataset
 
 from weighted_mtp.data.tokenizer_training import train_tokenizer
 from weighted_mtp.datasets import JsonlDataset, ModelDirectoryDataset
+from weighted_mtp.evaluation.comparison import SEED_SPREAD_COLUMNS
 from weighted_mtp.evaluation.prompts import SamplingSettings, complete_problems
+from weighted_mtp.evaluation.scoring import summarise
 from weighted_mtp.model_io.model_dir import save_model_dir
 from weighted_mtp.models import MTPTransformer, debug_args
-from weighted_mtp.pipelines.evaluation.nodes import EvaluationParams
+from weighted_mtp.pipelines.evaluation.nodes import (
+    EvaluationParams,
+    compare_models,
+    diagnose_training,
+    render_report,
+)
 from weighted_mtp.pipelines.evaluation.pipeline import configured_models, create_pipeline
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -321,6 +329,7 @@ def test_project_configuration_shapes_the_pipeline():
         "base_model",
         "baseline_model",
         "verifiable_model",
+        "verifiable_uniform_model",
         "rho1_model",
     ]
     loader = OmegaConfigLoader(
@@ -334,6 +343,7 @@ def test_project_configuration_shapes_the_pipeline():
         ("verifiable_model", "baseline_model"),
         ("rho1_model", "baseline_model"),
         ("baseline_model", "base_model"),
+        ("verifiable_model", "verifiable_uniform_model"),  # the TD weighting's own effect
     ]
     a100 = OmegaConfigLoader(
         conf_source=str(PROJECT / "conf"), base_env="base", default_run_env="a100"
@@ -379,3 +389,107 @@ def test_project_configuration_shapes_the_pipeline():
     assert str(catalog.get("evaluation_contrasts")._describe()["filepath"]).endswith(
         "data/08_reporting/evaluation/contrasts.csv"
     )
+
+
+# --------------------------------------------------------------------------- seeds
+def _result(passed: list[int]) -> dict[str, Any]:
+    """A model's result on len(passed) CodeContests problems, one greedy sample each."""
+    problems = {
+        f"cc/{i}": {"task_id": f"cc/{i}", "dataset": "codecontests", "difficulty": 1 + i % 2}
+        for i in range(len(passed))
+    }
+    verdicts = [{"task_id": f"cc/{i}", "passed": bool(p)} for i, p in enumerate(passed)]
+    return {"summary": summarise(problems, verdicts, ks=[1]), "generation": {}}
+
+
+def test_seeded_models_are_pooled_reported_and_diagnosed(tmp_path) -> None:
+    params = EvaluationParams(
+        **{
+            **RAW_PARAMS,
+            "models": ["base_model", "baseline_model", "verifiable_model"],
+            "ks": [1],
+            "comparison": {
+                "contrasts": [
+                    ["verifiable_model", "baseline_model"],
+                    ["baseline_model", "base_model"],
+                ]
+            },
+        }
+    )
+    results = {
+        "base_model": _result([0, 0, 0, 0, 0, 0]),
+        "baseline_model": _result([1, 0, 0, 1, 0, 0]),
+        "seed_2.baseline_model": _result([1, 1, 0, 0, 0, 0]),
+        "verifiable_model": _result([1, 1, 1, 0, 0, 0]),
+        "seed_2.verifiable_model": _result([1, 1, 0, 0, 0, 1]),
+    }
+    canonical = _result([1] * 6)
+    history = pd.DataFrame(
+        [{"step": s, "weights/std": 0.2} for s in range(1, 11)]
+        + [{"step": 10, "val/value_auc_low": 0.61, "val/value_auc": 0.7}]
+    )
+    diagnostics = diagnose_training(verifiable=history, **{"seed_2.verifiable": pd.DataFrame()})
+    document, table, contrasts, seeds, _ = compare_models(
+        canonical, params, diagnostics=diagnostics, **results
+    )
+    # Per-model rows keep every seed, with method and seed columns and Wilson intervals.
+    whole = table[table["difficulty"].isna()]
+    assert set(whole["model"]) == {*results, "canonical"}
+    row = whole[whole["model"] == "seed_2.verifiable_model"].iloc[0]
+    assert (row["method"], row["seed"], row["pass_at_k"]) == ("verifiable_model", 2, 0.5)
+    assert row["ci_low"] < 0.5 < row["ci_high"]
+    # The spread over seeds, one row per model, dataset and k.
+    spread = seeds.set_index("model")
+    assert list(seeds.columns) == list(SEED_SPREAD_COLUMNS)
+    assert spread.loc["verifiable_model", "n_seeds"] == 2
+    assert spread.loc["verifiable_model", "per_seed"] == "0.5;0.5"
+    assert spread.loc["baseline_model", "mean"] == pytest.approx(2 / 6)
+    assert spread.loc["base_model", "n_seeds"] == 1 and pd.isna(spread.loc["base_model", "sd"])
+    # Contrasts on the seed means: verifiable [1, 1, .5, 0, 0, .5] vs baseline [1, .5, 0, .5,
+    # 0, 0]; n_seeds is the trained side's.
+    by_name = contrasts.set_index("contrast")
+    assert by_name.loc["verifiable_model-baseline_model", "diff"] == pytest.approx(1 / 6)
+    assert by_name.loc["verifiable_model-baseline_model", "n_seeds"] == 2
+    assert by_name.loc["baseline_model-base_model", "n_seeds"] == 2
+    assert (by_name["n_problems"] == 6).all()
+    assert by_name.loc["verifiable_model-baseline_model", "test"] == "sign_flip_permutation"
+    # The verdict: the seeds, and the critic's and the weights' state beside verifiable.
+    text = document["verdict"]["text"]
+    assert document["n_seeds"] == 2 and document["verdict"]["n_seeds"] == 2
+    assert "2 fine-tuning seeds per trained method" in text
+    assert "verifiable_model 0.500 [" in text and "(seeds 0.500/0.500, sd 0.000)" in text
+    assert "verifiable: critic better than chance: yes (val/value_auc_low 0.610 > 0.5" in text
+    assert "TD weights non-uniform: yes" in text
+    assert "seed_2.verifiable: critic better than chance: not logged" in text
+    assert set(document["diagnostics"]) == {"verifiable", "seed_2.verifiable"}
+    json.dumps(document)  # results.json
+    # The report draws and lists it all.
+    _, _, page = render_report(document, verifiable=history)
+    assert "Spread over fine-tuning seeds" in page and "Training diagnostics" in page
+    assert "seed_2.verifiable: critic better than chance: not logged" in page
+    gap = {name: r for name, r in results.items() if name != "seed_2.baseline_model"}
+    with pytest.raises(ValueError, match=r"baseline_model: seeds \[1, 3\] evaluated"):
+        compare_models(canonical, params, **gap, **{"seed_3.baseline_model": results["base_model"]})
+    with pytest.raises(ValueError, match="evaluation.models"):
+        compare_models(canonical, params, **{"rho1_model": results["base_model"], **results})
+
+
+def test_seeded_pipeline_evaluates_every_seed_and_base_once() -> None:
+    pipeline = create_pipeline(models=["base_model", "verifiable_model", "model_a"], seeds=3)
+    names = {n.name for n in pipeline.nodes}
+    assert {
+        "verifiable_model.generate_completions",
+        "seed_2.verifiable_model.generate_completions",
+        "seed_3.verifiable_model.generate_completions",
+        "base_model.generate_completions",
+        "model_a.generate_completions",
+    } <= names
+    assert not any(n.startswith(("seed_2.base_model", "seed_2.model_a")) for n in names)
+    diagnose = next(n for n in pipeline.nodes if n.name == "diagnose_training")
+    assert set(diagnose.inputs) == {
+        f"{prefix}{job}_training_history"
+        for prefix in ("", "seed_2.", "seed_3.")
+        for job in ("critic", "verifiable")
+    }
+    one = create_pipeline(models=["base_model", "verifiable_model"], seeds=1)
+    assert not any(d.startswith("seed_") for d in one.datasets())

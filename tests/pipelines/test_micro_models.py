@@ -14,6 +14,7 @@ from kedro.runner import SequentialRunner
 from tests.model_fixtures import train_sentencepiece
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.datasets import HFModelDirectoryDataset, ModelDirectoryDataset
+from weighted_mtp.model_io.loading import ModelDirectory
 from weighted_mtp.model_io.model_dir import ModelDirectoryContents
 from weighted_mtp.models import MTPTransformer
 from weighted_mtp.pipelines.micro_models import create_pipeline
@@ -62,12 +63,26 @@ def test_micro_mtp_node(tokenizer: Tokenizer) -> None:
 
 
 def test_micro_reference_node(tokenizer: Tokenizer) -> None:
-    model, tok = build_micro_reference_model(tokenizer, REF)
+    random = MicroReferenceParams(**{**REF.__dict__, "init": "random"})
+    model, tok = build_micro_reference_model(tokenizer, random, ModelDirectory("unused"))
     assert tok is tokenizer
     assert model.config.vocab_size == tokenizer.vocab_size
     assert model.config.eos_token_id == tokenizer.eos_id
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
     assert model.model.embed_tokens.weight.shape == (60, 32)
+
+
+def test_micro_reference_from_the_base_model(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    """init: base_model gives a causal LM whose logits are the base model's head 0."""
+    contents = build_micro_mtp_model(tokenizer, MTP)
+    ModelDirectoryDataset(path=str(tmp_path / "base")).save(contents)
+    model, tok = build_micro_reference_model(tokenizer, REF, ModelDirectory(str(tmp_path / "base")))
+    assert tok is tokenizer and model.config.eos_token_id == tokenizer.eos_id
+    assert model.config.num_hidden_layers == MTP.n_layers - MTP.n_future_tokens + 1
+    tokens = torch.randint(0, 60, (2, 12))
+    with torch.no_grad():
+        expected = contents.model(tokens)[:, :, 0]
+        torch.testing.assert_close(model(input_ids=tokens).logits, expected, rtol=0, atol=1e-5)
 
 
 # Inputs of the pretraining node that only a training job reads.

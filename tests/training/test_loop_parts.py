@@ -29,11 +29,15 @@ def test_no_decay_on_norms_and_vectors():
     decay, no_decay = param_groups(module, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in module.named_parameters()}
-    assert all("norm" in names[id(p)] for p in no_decay["params"])
+    assert all(
+        "norm" in names[id(p)] or names[id(p)] == "value_head.bias" for p in no_decay["params"]
+    )
     assert any(names[id(p)] == "value_head.weight" for p in decay["params"])
     model.requires_grad_(False)
-    (only,) = param_groups(module, 0.1)
+    only, bias = param_groups(module, 0.1)
     assert [names[id(p)] for p in only["params"]] == ["value_head.weight"]
+    assert [names[id(p)] for p in bias["params"]] == ["value_head.bias"]
+    assert bias["weight_decay"] == 0.0
 
 
 def test_metric_reduction_is_exact_across_splits():

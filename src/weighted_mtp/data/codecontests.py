@@ -235,12 +235,41 @@ def _tests(row: dict[str, Any], path: str, line: int) -> list[dict[str, str]]:
     return tests
 
 
-def _solutions(row: dict[str, Any], key: str, path: str, line: int, filtered: Counter) -> list[str]:
-    """The Python 3 programs of ``row[key]``; other languages counted in ``filtered``."""
+def _bug_spans(value: Any, n: int, key: str, path: str, line: int) -> list[list[int] | None]:
+    """The optional ``bug_span`` of each of the ``n`` solutions of ``value`` (the synthetic
+    generator's; the real dataset has none): ``[start, end)`` characters or None."""
+    if isinstance(value, dict):
+        spans = value.get("bug_span")
+        spans = [None] * n if spans is None else _as_list(spans)
+    elif value is None:
+        spans = []
+    else:
+        spans = [item.get("bug_span") if isinstance(item, dict) else None for item in value]
+    if len(spans) != n:
+        raise RecordError(path, line, f"field {key!r}: {len(spans)} bug spans for {n} solutions")
+    out: list[list[int] | None] = []
+    for index, span in enumerate(spans):
+        if span is not None:
+            span = _as_list(span)
+            if len(span) != 2 or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in span
+            ):
+                raise RecordError(
+                    path, line, f"field {key!r}: bug_span {index} must be [start, end] or null"
+                )
+        out.append(span)
+    return out
+
+
+def _solutions(
+    row: dict[str, Any], key: str, path: str, line: int, filtered: Counter
+) -> list[tuple[str, list[int] | None]]:
+    """The Python 3 programs of ``row[key]`` with their bug spans (None where unknown); other
+    languages counted in ``filtered``."""
     kept = []
-    for index, (language, program) in enumerate(
-        _pairs(row.get(key), "language", "solution", key, path, line)
-    ):
+    pairs = _pairs(row.get(key), "language", "solution", key, path, line)
+    spans = _bug_spans(row.get(key), len(pairs), key, path, line)
+    for index, ((language, program), span) in enumerate(zip(pairs, spans, strict=True)):
         if hasattr(language, "item"):
             language = language.item()
         if isinstance(language, bool) or not isinstance(language, int):
@@ -254,8 +283,15 @@ def _solutions(row: dict[str, Any], key: str, path: str, line: int, filtered: Co
             )
         if not isinstance(program, str):
             raise RecordError(path, line, f"field {key!r}: solution {index} must be a string")
+        if span is not None and not 0 <= span[0] < span[1] <= len(program):
+            raise RecordError(
+                path,
+                line,
+                f"field {key!r}: bug_span {index} = {span} is not a non-empty span of the "
+                f"solution's {len(program)} characters",
+            )
         if language == PYTHON3:
-            kept.append(program)
+            kept.append((program, span))
         else:
             filtered[LANGUAGES[language]] += 1
     return kept
@@ -320,10 +356,12 @@ def _convert_row(
             "output": program,
             "task_id": task_id,
             "is_correct": is_correct,
-            "metadata": dict(meta),
+            # Where an incorrect program departs from its correct twin (validation
+            # diagnostics of the critic); null for correct programs and where unknown.
+            "metadata": {**meta, "bug_span": None if is_correct else span},
         }
         for programs, is_correct in ((correct, True), (incorrect, False))
-        for program in programs
+        for program, span in programs
     ]
     problem = None
     if tests:
@@ -335,7 +373,7 @@ def _convert_row(
             "kind": "stdio",
             "tests": tests,
             "execution_prefix": "",
-            "canonical_solution": correct[0] if correct else None,
+            "canonical_solution": correct[0][0] if correct else None,
             "difficulty": canonical,
             "split": split,
             "time_limit": time_limit,

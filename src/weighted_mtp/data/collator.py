@@ -64,6 +64,39 @@ def _field(record: dict, key: str, index: int, *, required: bool = True) -> str:
     return value
 
 
+def _bug_span(record: dict, index: int) -> tuple[int, int] | None:
+    span = (record.get("metadata") or {}).get("bug_span")
+    if span is None:
+        return None
+    output = record.get("output", "")
+    if (
+        not isinstance(span, (list, tuple))
+        or len(span) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+        or not 0 <= span[0] < span[1] <= len(output)
+    ):
+        raise RecordFormatError(
+            f"record {index} of the batch (task_id {record.get('task_id', '?')!r}): "
+            f"metadata.bug_span is {span!r}, expected [start, end) character offsets with "
+            f"0 <= start < end <= {len(output)} (the output's length) or null"
+        )
+    return int(span[0]), int(span[1])
+
+
+def span_token_mask(
+    token_bytes: Sequence[tuple[int, int]], text: str, span: tuple[int, int]
+) -> np.ndarray:
+    """``[n_tokens]`` bool: the tokens of ``text`` (their UTF-8 byte ranges,
+    ``Tokenizer.token_byte_spans``) that overlap the character span ``[start, end)``. A token
+    covering no byte (the first of a character's byte-fallback pieces) counts as covering the
+    byte it starts at, so a span starting at that character starts at that token."""
+    start = len(text[: span[0]].encode("utf-8"))
+    end = len(text[: span[1]].encode("utf-8"))
+    ranges = np.asarray(token_bytes, dtype=np.int64).reshape(-1, 2)
+    begins, ends = ranges[:, 0], np.maximum(ranges[:, 1], ranges[:, 0] + 1)
+    return (begins < end) & (ends > start)
+
+
 class PromptOutputCollator:
     """Turns a list of training records into padded tensors; picklable for DataLoader workers.
 
@@ -81,7 +114,11 @@ class PromptOutputCollator:
     - ``attention_mask [B, T]`` bool, True on prompt and output tokens;
     - ``labels [B, T]`` long, unshifted: token ids on output and EOS, ``IGNORE_INDEX`` elsewhere
       (the last label that is not ``IGNORE_INDEX`` is always EOS);
-    - ``is_correct [B]`` bool, when every record has ``is_correct`` (the critic and TD reward).
+    - ``is_correct [B]`` bool, when every record has ``is_correct`` (the critic and TD reward);
+    - ``bug_mask [B, T]`` bool, aligned with ``labels``, when a kept record has
+      ``metadata.bug_span`` (``[start, end)`` character offsets into its output where an
+      incorrect program departs from its correct twin): True on the output tokens that overlap
+      the span (validation diagnostics; :func:`span_token_mask`).
 
     A batch whose records were all skipped has ``B == 0`` and ``T == 0``.
     """
@@ -154,6 +191,16 @@ class PromptOutputCollator:
             "attention_mask": torch.from_numpy(attention),
             "labels": torch.from_numpy(labels),
         }
+        spans = [_bug_span(records[i], i) for i in kept]
+        if any(span is not None for span in spans):
+            bug = np.zeros((len(kept), width), dtype=bool)
+            for b, (i, span) in enumerate(zip(kept, spans, strict=True)):
+                if span is not None:
+                    p = len(encoded[i][0])  # type: ignore[index]
+                    text = records[i]["output"]
+                    tokens = span_token_mask(self.tokenizer.token_byte_spans(text), text, span)
+                    bug[b, p : p + len(tokens)] = tokens
+            batch["bug_mask"] = torch.from_numpy(bug)
         if records and all("is_correct" in r for r in records):
             batch["is_correct"] = torch.tensor(
                 [bool(records[i]["is_correct"]) for i in kept], dtype=torch.bool

@@ -1,7 +1,10 @@
 """The metadata table beside each training JSONL, and its check against the file.
 
 One row per JSONL line (``docs/contracts.md``): ``row, offset, length, is_correct, difficulty,
-task_id, n_prompt_tokens, n_output_tokens``. ``offset``/``length`` are byte positions (length
+task_id, n_prompt_tokens, n_output_tokens, bug_start, bug_end``. ``bug_start``/``bug_end``
+are the record's ``metadata.bug_span`` (characters of the output where an incorrect synthetic
+program departs from its correct twin), -1 where it has none (correct programs, real data);
+tables written before they existed read as -1. ``offset``/``length`` are byte positions (length
 without the newline), so samplers pick rows from this table alone and readers seek
 (:mod:`weighted_mtp.data.offset_reader`).
 
@@ -36,7 +39,18 @@ COLUMNS: dict[str, str] = {
     "task_id": "object",
     "n_prompt_tokens": "int64",
     "n_output_tokens": "int64",
+    "bug_start": "int64",
+    "bug_end": "int64",
 }
+#: Columns added after the first tables were written, with the value an old table reads as.
+OPTIONAL_COLUMNS: dict[str, int] = {"bug_start": -1, "bug_end": -1}
+
+
+def _bug_span(record: dict[str, Any]) -> tuple[int, int]:
+    span = (record.get("metadata") or {}).get("bug_span")
+    return (-1, -1) if span is None else (int(span[0]), int(span[1]))
+
+
 #: Records are tokenised in batches of this many (SentencePiece's batch call is multithreaded).
 _BATCH = 1024
 
@@ -84,6 +98,8 @@ def build_metadata(records: Sequence[dict[str, Any]], tokenizer: Tokenizer) -> p
             "task_id": pd.Series([r["task_id"] for r in records], dtype=object),
             "n_prompt_tokens": n_prompt,
             "n_output_tokens": n_output,
+            "bug_start": np.array([_bug_span(r)[0] for r in records], dtype=np.int64),
+            "bug_end": np.array([_bug_span(r)[1] for r in records], dtype=np.int64),
         }
     )
     return normalise_metadata_table(table)
@@ -94,19 +110,22 @@ def normalise_metadata_table(table: pd.DataFrame) -> pd.DataFrame:
 
     Parquet readers may return ``task_id`` as a string extension dtype; casting back to
     ``object`` makes ``to_parquet`` write the same bytes as the original table (the manifest
-    relies on it).
+    relies on it). Optional columns a table lacks (:data:`OPTIONAL_COLUMNS`) are added.
     """
+    missing = {c: v for c, v in OPTIONAL_COLUMNS.items() if c not in table.columns}
+    if missing:
+        table = table.assign(**missing)
     return table[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
 
 
 def _check_columns(path: str, table: pd.DataFrame) -> None:
-    missing = [c for c in COLUMNS if c not in table.columns]
+    missing = [c for c in COLUMNS if c not in table.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise MetadataMismatchError(
             path, None, f"metadata table lacks columns {missing} (expected {list(COLUMNS)})"
         )
     for column, dtype in COLUMNS.items():
-        if dtype == "object":
+        if dtype == "object" or column not in table.columns:
             continue
         if str(table[column].dtype) != dtype:
             raise MetadataMismatchError(
@@ -149,6 +168,10 @@ def verify_metadata(
     task_ids = table["task_id"].tolist()
     correct = table["is_correct"].to_numpy(dtype=bool)
     difficulty = table["difficulty"].to_numpy(dtype=np.int64)
+    has_spans = all(c in table.columns for c in OPTIONAL_COLUMNS)
+    if has_spans:
+        bug_start = table["bug_start"].to_numpy(dtype=np.int64)
+        bug_end = table["bug_end"].to_numpy(dtype=np.int64)
 
     digest = hashlib.sha256()
     position = 0
@@ -184,6 +207,13 @@ def verify_metadata(
                     index,
                     f"(task_id, is_correct, difficulty) is {expected} in the table, "
                     f"{found} in the file",
+                )
+            if has_spans and _bug_span(record) != (bug_start[index], bug_end[index]):
+                raise MetadataMismatchError(
+                    path,
+                    index,
+                    f"bug span ({bug_start[index]}, {bug_end[index]}) in the table, "
+                    f"{_bug_span(record)} in the file",
                 )
             position += len(line)
             index += 1

@@ -56,6 +56,12 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._sp.encode(texts)
 
+    def token_byte_spans(self, text: str) -> list[tuple[int, int]]:
+        """``[(begin, end), ...]``: the UTF-8 byte range of ``text`` each token of
+        ``encode(text)`` covers (a byte-fallback piece that starts a character covers none)."""
+        proto = self._sp.encode(text, out_type="proto")
+        return [(piece.begin, piece.end) for piece in proto.pieces]
+
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode(list(ids))
 

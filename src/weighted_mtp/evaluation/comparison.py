@@ -5,6 +5,36 @@ The unit of sampling is the problem: a model's pass@k on a dataset is the mean o
 of the per-problem (unbiased) pass@k. With one seed per method, nothing here measures training
 variance: another fine-tuning seed could move every number by more than these intervals.
 
+Seeds (``experiment.seeds``): every trained method is fine-tuned under ``n`` seeds from the same
+base model; seed 1's model keeps its plain catalog name (``baseline_model``) and seed ``s >= 2``
+is ``seed_<s>.baseline_model`` (:func:`seeded_name`, :func:`split_seed`). A model evaluated
+once (``base_model``) has one "seed". :func:`pool_seeds` makes each model's per-problem value
+the mean over its seeds (problem ``i``: ``(1/n) sum_s pass@k_s(i)``, in [0, 1]); everything
+below then runs on those means: the Wilson interval of the model, and the contrasts.
+:func:`seed_spread` gives the spread the intervals do not hold: per model and metric, each
+seed's pass@k and their mean, sd (``ddof=1``), min and max.
+
+Why the paired test stays valid on seed means: the test is stratified by problem: it flips the
+sign of each problem's difference of seed means ``d_i = mean_s a_s(i) - mean_s b_s(i)`` and
+resamples nothing across problems. Its null hypothesis is that, problem by problem, the two
+methods' seed-averaged outcomes are exchangeable (``d_i`` symmetric about 0), with problems
+independent draws from the population of problems: under the null of "no method effect" each
+side's ``n`` seeds are draws of the same training distribution, so the seed mean of ``a`` and
+that of ``b`` on a problem have the same distribution and swapping them leaves the joint law
+unchanged. Averaging within the problem before the test keeps the pairing (same problem, same
+prompt) and turns ``n`` correlated replicates into one less noisy observation, which is why
+more seeds make ``|d_i|`` reflect the methods rather than one run's luck. What it does not do
+is treat the seeds as the unit: a training run moves all problems together (seeds are shared
+across problems), and per-problem flips do not model that correlation; a seed-level test
+(swapping whole runs between methods) has at most ``C(2n, n)`` arrangements, 20 for 3 seeds,
+so no p below 0.05 is reachable, and it is not used. The p-value therefore answers "would these
+seeds' methods differ on other problems", and the spread across seeds, reported beside each
+model, is what says whether another set of runs would differ. With 0/1 seed means (one seed,
+or all seeds agreeing on every problem) the test is the exact McNemar test as before;
+otherwise it is the sign-flip permutation test, the interval the paired t interval and the
+MDE is computed on the ``d_i`` (``E[d^2] <= E|d|`` still holds for ``|d_i| <= 1``, so the
+bound stays conservative). ``n_seeds`` of a contrast is the larger of its two sides' seeds.
+
 Per model: a Wilson score interval (``statsmodels.stats.proportion.proportion_confint``,
 ``method="wilson"``) with ``n_problems`` trials and ``n_problems * pass@k`` successes. It is
 the Wilson interval of a proportion when every problem's outcome is 0/1 (one sample per
@@ -64,6 +94,7 @@ significant". No Kedro, no MLflow: plain numbers in, plain numbers and a sentenc
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -78,6 +109,10 @@ from statsmodels.stats.power import TTestPower
 from statsmodels.stats.proportion import proportion_confint
 from statsmodels.stats.weightstats import DescrStatsW
 
+from weighted_mtp.seeds import group_seeds, seed_namespace, seeded_name, split_seed
+
+__all__ = ["group_seeds", "seed_namespace", "seeded_name", "split_seed"]  # re-exported
+
 CONFIDENCE = 0.95
 ALPHA = 0.05
 POWER = 0.8
@@ -85,7 +120,8 @@ N_PERMUTATIONS = 9999
 SEED = 0
 PRIMARY_DATASET = "codecontests"
 PRIMARY_K = 1
-#: With one fine-tuning run per method the intervals hold only the sampling of problems.
+#: The seeds of a run that gives none: one fine-tuning run per method, whose intervals hold
+#: only the sampling of problems.
 N_SEEDS = 1
 NOT_DISTINGUISHABLE = "not distinguishable at this scale"
 NOT_SIGNIFICANT = "not significant"
@@ -138,6 +174,81 @@ def _check_level(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
+# --------------------------------------------------------------------------- seeds
+def pool_seeds(
+    per_problem: Mapping[str, Mapping[str, float]],
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Per model, the mean over its seeds of each problem's value, on the problems every seed
+    was scored on, and the number of seeds: ``({model: {task_id: mean}}, {model: n_seeds})``
+    from ``{catalog name: {task_id: pass@k}}`` (names as :func:`split_seed` reads them)."""
+    pooled: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    for model, seeds in group_seeds(per_problem).items():
+        runs = [per_problem[name] for name in seeds.values()]
+        shared = sorted(set.intersection(*(set(run) for run in runs)))
+        pooled[model] = {t: float(np.mean([run[t] for run in runs])) for t in shared}
+        counts[model] = len(runs)
+    return pooled, counts
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """One model's metric across its seeds: each seed's mean over problems (seed order), their
+    mean, sd (``ddof=1``; None with one seed), min and max."""
+
+    model: str
+    dataset: str
+    k: int
+    n_seeds: int
+    n_problems: int
+    mean: float
+    sd: float | None
+    min: float
+    max: float
+    per_seed: list[float]
+
+    def row(self) -> dict[str, Any]:
+        """A row of ``pass_at_k_seeds.csv`` (``per_seed`` joined by ``;``)."""
+        out = asdict(self)
+        out["per_seed"] = ";".join(f"{v:.6g}" for v in self.per_seed)
+        return out
+
+
+#: ``pass_at_k_seeds.csv``: one row per model, dataset and k (whole datasets).
+SEED_SPREAD_COLUMNS = tuple(f.name for f in dataclasses.fields(SeedSpread))
+
+
+def seed_spread(
+    per_metric: Mapping[tuple[str, int], Mapping[str, Mapping[str, float]]],
+) -> list[SeedSpread]:
+    """Per ``(dataset, k)`` of ``per_metric`` (``{(dataset, k): {catalog name: {task_id:
+    pass@k}}}``, seeds as separate names) and per model: each seed's pass@k over the problems
+    all its seeds share, and their spread."""
+    out = []
+    for (dataset, k), names in sorted(per_metric.items()):
+        for model, seeds in group_seeds(names).items():
+            runs = [names[name] for name in seeds.values()]
+            shared = sorted(set.intersection(*(set(run) for run in runs)))
+            if not shared:
+                continue
+            values = [float(np.mean([run[t] for t in shared])) for run in runs]
+            out.append(
+                SeedSpread(
+                    model=model,
+                    dataset=dataset,
+                    k=int(k),
+                    n_seeds=len(values),
+                    n_problems=len(shared),
+                    mean=float(np.mean(values)),
+                    sd=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                    min=min(values),
+                    max=max(values),
+                    per_seed=values,
+                )
+            )
+    return out
+
+
 # --------------------------------------------------------------------------- one model
 def wilson_interval(
     values: Sequence[float], *, confidence: float = CONFIDENCE
@@ -149,7 +260,10 @@ def wilson_interval(
     low, high = proportion_confint(
         float(array.sum()), array.size, alpha=1.0 - confidence, method="wilson"
     )
-    return float(low), float(high)
+    # The Wilson interval contains the observed proportion, but statsmodels' rounding can put
+    # a bound a hair past it (0 successes in 6 gave low = 2.8e-17 > 0): a negative error bar.
+    mean = float(array.mean())
+    return min(float(low), mean), max(float(high), mean)
 
 
 @dataclass(frozen=True)
@@ -363,11 +477,13 @@ def compare_contrasts(
     confidence: float = CONFIDENCE,
     n_permutations: int = N_PERMUTATIONS,
     seed: int = SEED,
-    n_seeds: int = N_SEEDS,
+    n_seeds: int | Mapping[str, int] = N_SEEDS,
 ) -> list[ContrastResult]:
     """Every contrast on every ``(dataset, k)`` of ``per_problem`` (``{(dataset, k): {model:
-    {task_id: pass@k}}}``) where both of its models have shared problems, with Holm's
-    correction over the contrasts of each ``(dataset, k)``.
+    {task_id: pass@k}}}``; with seeds, each model's :func:`pool_seeds` means) where both of
+    its models have shared problems, with Holm's correction over the contrasts of each
+    ``(dataset, k)``. ``n_seeds``: the run's seeds, or ``{model: seeds}`` (a contrast's
+    ``n_seeds`` is then the larger of its sides'; a model not named has one).
 
     Raises ValueError for a contrast of a model with itself; a contrast whose model has no
     values for a ``(dataset, k)`` has no row there.
@@ -407,7 +523,11 @@ def compare_contrasts(
                     "p_value": p_value,
                     "mde": minimum_detectable_difference(x, y, level=level, power=power),
                     "n_problems": len(shared),
-                    "n_seeds": n_seeds,
+                    "n_seeds": (
+                        max(n_seeds.get(a, 1), n_seeds.get(b, 1))
+                        if isinstance(n_seeds, Mapping)
+                        else int(n_seeds)
+                    ),
                     "a": a,
                     "b": b,
                     "pass_a": float(x.mean()),
@@ -447,6 +567,8 @@ class Verdict:
     power: float = POWER
     n_seeds: int = N_SEEDS
     text: str = ""
+    #: ``{model: SeedSpread}`` on this metric, for the models with several seeds.
+    spread: dict[str, SeedSpread] = field(default_factory=dict)
 
     @property
     def models_differ(self) -> bool:
@@ -462,8 +584,12 @@ class Verdict:
         return out
 
 
-def _fmt(estimate: Estimate) -> str:
-    return f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
+def _fmt(estimate: Estimate, spread: SeedSpread | None = None) -> str:
+    text = f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
+    if spread is not None and spread.n_seeds > 1:
+        seeds = "/".join(f"{v:.3f}" for v in spread.per_seed)
+        text += f" (seeds {seeds}, sd {spread.sd:.3f})"
+    return text
 
 
 def _contrast_sentence(c: ContrastResult) -> str:
@@ -490,20 +616,24 @@ def compare(
     alpha: float = ALPHA,
     power: float = POWER,
     n_seeds: int = N_SEEDS,
+    spread: Sequence[SeedSpread] = (),
 ) -> Verdict:
     """The verdict on one metric: each model's estimate from ``{model: {task_id: pass@k}}``
-    and the sentence for each of ``contrasts`` (:func:`compare_contrasts` rows; those of
-    other metrics are ignored)."""
+    (with seeds: its :func:`pool_seeds` means) and the sentence for each of ``contrasts``
+    (:func:`compare_contrasts` rows; those of other metrics are ignored). ``n_seeds``: the
+    run's seeds, which the text states; ``spread``: :func:`seed_spread` rows, written beside
+    the models with several seeds (those of other metrics are ignored)."""
     label = f"{dataset} pass@{k}"
     estimates = {m: estimate(list(v.values())) for m, v in per_problem.items() if v}
+    spreads = {s.model: s for s in spread if (s.dataset, s.k) == (dataset, k) and s.n_seeds > 1}
     if not estimates:
-        return Verdict(dataset, k, {}, text=f"No model has a {label} to compare.")
+        return Verdict(dataset, k, {}, n_seeds=n_seeds, text=f"No model has a {label} to compare.")
     rows = [c for c in contrasts if (c.dataset, c.k) == (dataset, k)]
     n_problems = sorted({e.n_problems for e in estimates.values()})
     problems = "/".join(str(n) for n in n_problems)
     text = (
         f"On {label} ({problems} problems; {int(CONFIDENCE * 100)}% Wilson intervals): "
-        + ", ".join(f"{m} {_fmt(e)}" for m, e in estimates.items())
+        + ", ".join(f"{m} {_fmt(e, spreads.get(m))}" for m, e in estimates.items())
         + ". "
     )
     if not rows:
@@ -525,9 +655,12 @@ def compare(
         f"{n_seeds} seed per method: training variance is not in these intervals or tests, "
         "which measure only the sampling of problems."
         if n_seeds == 1
-        else f"{n_seeds} seeds per method."
+        else f"{n_seeds} fine-tuning seeds per trained method: each trained model's estimate "
+        "is over problems of its per-problem mean across seeds, and the tests pair those "
+        "means problem by problem; the spread across seeds (beside each model) is not in "
+        "the intervals, which measure the sampling of problems."
     )
-    return Verdict(dataset, k, estimates, rows, alpha, power, n_seeds, text)
+    return Verdict(dataset, k, estimates, rows, alpha, power, n_seeds, text, spreads)
 
 
 def per_problem_values(

@@ -29,7 +29,9 @@ from weighted_mtp.evaluation.comparison import (
     CONFIDENCE,
     CONTRAST_COLUMNS,
     INTERVAL_METHOD,
+    SEED_SPREAD_COLUMNS,
     per_problem_values,
+    split_seed,
     wilson_interval,
 )
 from weighted_mtp.evaluation.scoring import pass_at_k_table
@@ -51,9 +53,11 @@ OVERVIEW_COLUMNS = (
 
 def tidy_table(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (model, dataset, difficulty, k): ``model, dataset, difficulty, k,
-    pass_at_k, ci_low, ci_high, n_problems, n_samples``; ``difficulty`` is None for a whole
-    dataset. ``ci_low``/``ci_high``: the Wilson interval over the group's problems
-    (:func:`weighted_mtp.evaluation.comparison.wilson_interval`)."""
+    pass_at_k, ci_low, ci_high, n_problems, n_samples, method, seed``; ``difficulty`` is None
+    for a whole dataset. ``ci_low``/``ci_high``: the Wilson interval over the group's problems
+    (:func:`weighted_mtp.evaluation.comparison.wilson_interval`). ``model`` is the catalog
+    name (``seed_2.baseline_model``), ``method`` and ``seed`` its parts
+    (:func:`weighted_mtp.seeds.split_seed`: ``baseline_model``, 2)."""
     rows: list[dict[str, Any]] = []
     for model, result in results.items():
         summary = result["summary"]
@@ -66,7 +70,17 @@ def tidy_table(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
             )
             values = per_problem_values(summary, dataset, k, difficulty)
             low, high = wilson_interval(list(values.values()))
-            rows.append({**row, "ci_low": low, "ci_high": high, "n_samples": group["n_samples"]})
+            method, seed = split_seed(model)
+            rows.append(
+                {
+                    **row,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n_samples": group["n_samples"],
+                    "method": method,
+                    "seed": seed,
+                }
+            )
     return rows
 
 
@@ -115,7 +129,8 @@ def plot_pass_at_k(
     models sit near 0 and differ by a few problems, and a dataset of 10 problems has far wider
     intervals than one of 100. The ``reference`` model (the canonical solutions, the harness
     check, measured at pass@1 only) is not drawn: its pass@1 is written in the panel's title,
-    beside the problems and samples behind the dataset.
+    beside the problems and samples behind the dataset. A method with several seeds
+    (``seed_<s>.<model>`` rows) is one column: a point per seed and a bar at their mean.
 
     ``contrasts``: ``contrasts.csv`` rows (``contrast, dataset, k, diff, diff_low,
     diff_high, interval, p_holm, mde``): a point per contrast at its difference, the interval
@@ -126,7 +141,7 @@ def plot_pass_at_k(
     datasets = sorted({r["dataset"] for r in whole}) or [""]
     models = list(dict.fromkeys(r["model"] for r in whole if r["model"] != reference))
     by_key = {(r["model"], r["dataset"], int(r["k"])): r for r in whole}
-    palette = colours(models)
+    palette = colours(list(dict.fromkeys(split_seed(m)[0] for m in models)))
     blocks = 2 if contrasts else 1
     fig = Figure(figsize=(2.5 + 3.4 * len(datasets), 3.9 * blocks * len(ks)), layout="constrained")
     FigureCanvasAgg(fig)
@@ -165,32 +180,59 @@ def _plot_models(
     models: Sequence[str],
     palette: Mapping[str, str],
 ) -> None:
+    """One column per method; a method with several seeds has one point per seed side by side
+    (its seeds' spread) and a bar at their mean."""
+    methods = list(dict.fromkeys(split_seed(m)[0] for m in models))
+    seeds_of = {method: [m for m in models if split_seed(m)[0] == method] for method in methods}
     top = 0.0
-    for index, (model, row) in enumerate(zip(models, rows, strict=True)):
+    drawn: dict[str, list[tuple[float, float]]] = {}
+    for model, row in zip(models, rows, strict=True):
         if row is None:
             continue
+        method = split_seed(model)[0]
+        siblings = seeds_of[method]
+        step = min(0.5 / len(siblings), 0.15)
+        x = methods.index(method) + (siblings.index(model) - (len(siblings) - 1) / 2) * step
         height = float(row["pass_at_k"])
         errors = None
         if "ci_low" in row and not is_missing(row["ci_low"]):
             errors = [[height - float(row["ci_low"])], [float(row["ci_high"]) - height]]
             top = max(top, float(row["ci_high"]))
         top = max(top, height)
+        drawn.setdefault(method, []).append((x, height))
         ax.errorbar(
-            [index],
+            [x],
             [height],
             yerr=errors,
             fmt="o",
-            markersize=6,
-            color=palette[model],
-            elinewidth=1.2,
-            capsize=3,
-            label=model,
+            markersize=6 if len(siblings) == 1 else 4,
+            color=palette[method],
+            elinewidth=1.2 if len(siblings) == 1 else 0.8,
+            capsize=3 if len(siblings) == 1 else 1.5,
+            label=method,
         )
-        ax.annotate(
-            f"{height:.2f}", (index, height), xytext=(5, 0), textcoords="offset points", fontsize=7
-        )
-    ax.set_xticks(range(len(models)), [m.removesuffix("_model") for m in models], fontsize=8)
-    ax.set_xlim(-0.6, len(models) - 0.4)
+        if len(siblings) == 1:
+            ax.annotate(
+                f"{height:.2f}", (x, height), xytext=(5, 0), textcoords="offset points", fontsize=7
+            )
+    for method, points in drawn.items():
+        if len(points) > 1:
+            xs, heights = zip(*points, strict=True)
+            mean = sum(heights) / len(heights)
+            ax.hlines(mean, min(xs) - 0.08, max(xs) + 0.08, color=palette[method], linewidth=2)
+            ax.annotate(
+                f"{mean:.2f}",
+                (max(xs) + 0.08, mean),
+                xytext=(3, 0),
+                textcoords="offset points",
+                fontsize=7,
+            )
+    labels = [
+        m.removesuffix("_model") + (f"\n{len(seeds_of[m])} seeds" if len(seeds_of[m]) > 1 else "")
+        for m in methods
+    ]
+    ax.set_xticks(range(len(methods)), labels, fontsize=8)
+    ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.set_ylim(-0.01, max(0.05, top * 1.15))
     ax.grid(axis="y", alpha=0.3)
 
@@ -262,13 +304,20 @@ CURVE_PANELS = (
     ),
 )
 #: One colour per method in every chart (``<method>_model`` in the pass@k chart).
-METHOD_COLOURS = {"base": "C0", "baseline": "C1", "verifiable": "C2", "rho1": "C3", "critic": "C4"}
+METHOD_COLOURS = {
+    "base": "C0",
+    "baseline": "C1",
+    "verifiable": "C2",
+    "rho1": "C3",
+    "critic": "C4",
+    "verifiable_uniform": "C5",
+}
 
 
 def colours(names: Sequence[str]) -> dict[str, str]:
-    """A colour per name: :data:`METHOD_COLOURS` for known methods (``x`` or ``x_model``),
-    the next unused colour of the cycle for the others."""
-    fixed = {n: METHOD_COLOURS.get(n.removesuffix("_model")) for n in names}
+    """A colour per name: :data:`METHOD_COLOURS` for known methods (``x``, ``x_model`` or a
+    seed's ``seed_<s>.x``), the next unused colour of the cycle for the others."""
+    fixed = {n: METHOD_COLOURS.get(split_seed(n)[0].removesuffix("_model")) for n in names}
     free = (f"C{i}" for i in range(10) if f"C{i}" not in set(fixed.values()))
     return {n: c if c is not None else next(free, "0.5") for n, c in fixed.items()}
 
@@ -288,7 +337,8 @@ def plot_training_curves(histories: Mapping[str, Any]) -> Figure:
     """The training histories of the methods on one figure, three panels (:data:`CURVE_PANELS`).
 
     ``histories``: ``{method: DataFrame}`` with a ``step`` column and the logged metrics
-    (``<method>_training_history``). Policy methods (all but ``critic``) are drawn in the
+    (``<method>_training_history``; a seed's job ``seed_<s>.<method>`` takes its method's
+    colour). Policy methods (all but ``critic``) are drawn in the
     held-out and objective panels; the critic's ``train/loss`` is a value loss and is drawn
     only in the value panel, beside the verifiable method's ``train/value_loss``.
     """
@@ -298,9 +348,10 @@ def plot_training_curves(histories: Mapping[str, Any]) -> Figure:
     palette = colours(list(histories))
     for ax, (panel, title) in zip(axes, CURVE_PANELS, strict=True):
         for method, history in histories.items():
+            job = split_seed(method)[0]  # seed_2.critic is a critic
             if panel == "value":
-                column = "train/loss" if method == "critic" else "train/value_loss"
-            elif method == "critic":
+                column = "train/loss" if job == "critic" else "train/value_loss"
+            elif job == "critic":
                 continue
             else:
                 column = panel
@@ -362,10 +413,15 @@ def render_html(
     training_png: bytes | None = None,
     interval_method: str = INTERVAL_METHOD,
     contrasts: Sequence[Mapping[str, Any]] = (),
+    seed_summary: Sequence[Mapping[str, Any]] = (),
+    diagnostics: Sequence[str] = (),
 ) -> str:
-    """A self-contained HTML page: the verdict, the charts (embedded as data URIs, so the page
-    works as a lone MLflow artifact), the pre-registered contrasts (``contrasts.csv`` rows),
-    the per-dataset overview and the tidy pass@k table with its intervals."""
+    """A self-contained HTML page: the verdict, the training diagnostics (one sentence per
+    weighted job), the charts (embedded as data URIs, so the page works as a lone MLflow
+    artifact), the pre-registered contrasts (``contrasts.csv`` rows), the spread over seeds
+    (``pass_at_k_seeds.csv`` rows, shown when some model has several seeds), the per-dataset
+    overview and the tidy pass@k table with its intervals."""
+    several_seeds = [r for r in seed_summary if int(r.get("n_seeds") or 1) > 1]
     overview = overview_table(results)
     ks = sorted({k for r in results.values() for k in r["summary"]["ks"]})
     overview_columns = [*OVERVIEW_COLUMNS[:5], *[f"pass@{k}" for k in ks], *OVERVIEW_COLUMNS[5:]]
@@ -386,6 +442,13 @@ def render_html(
         f"<h1>{html.escape(title)}</h1>"
         + (f"<p class='verdict'>{html.escape(verdict)}</p>" if verdict else "")
         + (f"<ul>{notes_html}</ul>" if notes_html else "")
+        + (
+            "<h2>Training diagnostics</h2><ul>"
+            + "".join(f"<li>{html.escape(d)}</li>" for d in diagnostics)
+            + "</ul>"
+            if diagnostics
+            else ""
+        )
         + image(png, "pass@k per dataset and model")
         + (
             "<h2>Training curves</h2>" + image(training_png, "training curves per method")
@@ -400,6 +463,14 @@ def render_html(
             "solved by one side alone; diff_low, diff_high: unadjusted interval of the "
             "difference.</p>" + html_table(contrasts, [*CONTRAST_COLUMNS, *CONTRAST_EXTRA_SHOWN])
             if contrasts
+            else ""
+        )
+        + (
+            "<h2>Spread over fine-tuning seeds (pass_at_k_seeds.csv)</h2>"
+            + "<p>per_seed: each seed's pass@k (seed 1 first); mean, sd (ddof 1), min, max "
+            "over seeds. Not in the intervals above, which measure the sampling of "
+            "problems.</p>" + html_table(several_seeds, list(SEED_SPREAD_COLUMNS))
+            if several_seeds
             else ""
         )
         + "<h2>Per dataset</h2>"

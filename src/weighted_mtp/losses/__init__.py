@@ -1,5 +1,5 @@
 """Losses: the fused chunked unembedding + cross-entropy, the MTP loss on head hidden states
-and the per-method losses (baseline, critic, verifiable, rho1)."""
+and the per-method losses (baseline, critic, verifiable, verifiable_uniform, rho1)."""
 
 from weighted_mtp.alignment import IGNORE_INDEX, shift_labels
 from weighted_mtp.losses.linear_cross_entropy import RowGroup, linear_cross_entropy
@@ -11,6 +11,7 @@ from weighted_mtp.losses.methods import (
     Method,
     Rho1Method,
     VerifiableMethod,
+    VerifiableUniformMethod,
     reference_token_ce,
     value_squared_error,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Rho1Method",
     "RowGroup",
     "VerifiableMethod",
+    "VerifiableUniformMethod",
     "linear_cross_entropy",
     "mtp_cross_entropy",
     "reference_token_ce",

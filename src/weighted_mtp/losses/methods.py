@@ -7,7 +7,8 @@ backpropagate and its metrics. Nothing here imports ``torch.distributed``: the l
 the collectives, identities in a single process.
 
 Validation is the same for every policy method, so runs compare on one scale: the uniform MTP
-loss (``val/loss``) on correct solutions, plus value metrics where a value head exists.
+loss (``val/loss``) on the same correct held-out rows (the loss panel), plus, where a value
+head exists, value metrics on a balanced panel of their own (``validate_value``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from weighted_mtp.losses.linear_cross_entropy import RowGroup, linear_cross_entr
 from weighted_mtp.losses.metric_values import MetricValues
 from weighted_mtp.losses.mtp import mtp_cross_entropy
 from weighted_mtp.weighting import (
+    exact_top_k,
     last_masked_index,
-    rho1_mask,
-    selection_threshold,
+    n_selected_counts,
     td_errors,
     td_weights,
 )
@@ -48,6 +49,10 @@ class LossContext:
         all_gather: concatenates a 1-D tensor across ranks.
         all_reduce_sum: sums a tensor across ranks.
         chunk_size: rows of logits alive at once.
+        micro_counts: ``[n_micro, n_heads]`` float64, each micro-batch's valid target tokens
+            per head summed over ranks (``denominators`` is their sum); None = the step is one
+            micro-batch (``denominators``). Rho-1 derives its step's kept counts from it.
+        rank: this process's rank (the position of its part in ``all_gather``'s result).
     """
 
     denominators: torch.Tensor
@@ -56,6 +61,8 @@ class LossContext:
     all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _identity
     chunk_size: int = 1024
+    micro_counts: torch.Tensor | None = None
+    rank: int = 0
 
 
 @dataclass
@@ -125,6 +132,10 @@ def _value_metrics(
 
 
 # --------------------------------------------------------------------------- methods
+#: VerifiableMethod's default TD weighting (ARCHITECTURE.md, "Weighting semantics").
+TD_DEFAULTS: dict[str, float] = {"gamma": 1.0, "beta": 0.9, "w_min": 0.1, "w_max": 5.0}
+
+
 class Method:
     """Base: uniform MTP loss on every head (the ``baseline``)."""
 
@@ -158,14 +169,13 @@ class Method:
     def validate(
         self, module: PolicyModule, batch: Batch, ctx: LossContext
     ) -> tuple[MetricValues, dict[str, torch.Tensor]]:
-        """Uniform MTP loss (and value metrics when there is a value head), no gradients."""
+        """The loss panel (correct held-out rows, the same for every method): the uniform MTP
+        loss ``val/loss`` and ``val/head_{k}_loss`` whatever the method trains with, so that
+        runs compare on one scale. Nothing for a method that trains no policy (the critic)."""
         metrics = MetricValues()
-        extras: dict[str, torch.Tensor] = {}
-        n = module.n_heads if self.trains_policy else 1
-        hiddens = module.head_hiddens(batch.input_ids, n)
         if self.trains_policy:
             out = mtp_cross_entropy(
-                hiddens,
+                module.head_hiddens(batch.input_ids),
                 module.output_weight(),
                 batch.targets,
                 denominators=ctx.denominators,
@@ -173,14 +183,37 @@ class Method:
             )
             metrics.add_sum("val/loss", out.head_losses.sum())
             _report_mtp(metrics, out.head_losses, "val")
-        if self.uses_value_head and module.value_head is not None:
-            mask = batch.targets != IGNORE_INDEX
-            rewards = _rewards(batch, self.name)
-            values = module.value_head(hiddens[0])
-            sq = value_squared_error(values, rewards, mask)
-            metrics.add_sum("val/value_loss", sq / ctx.denominators[0])
-            extras = _value_metrics(metrics, values, rewards, mask, "val")
-        return metrics, extras
+        return metrics, {}
+
+    def validate_value(
+        self, module: PolicyModule, batch: Batch, ctx: LossContext
+    ) -> tuple[MetricValues, dict[str, torch.Tensor]]:
+        """The value panel (balanced held-out rows; value-head methods): ``val/value_loss``
+        (MSE to the reward per output token), ``val/value_accuracy``, ``val/value_mean``, and
+        as extras the values ``[B, T]`` (float64), ``mask`` and ``rewards`` from which the loop
+        computes the AUCs and the bug diagnostics
+        (:func:`weighted_mtp.weighting.metrics.value_panel_parts`)."""
+        metrics = MetricValues()
+        if not self.uses_value_head or module.value_head is None:
+            return metrics, {}
+        mask = batch.targets != IGNORE_INDEX
+        rewards = _rewards(batch, self.name)
+        values = module.value_head(module.head_hiddens(batch.input_ids, 1)[0], mask)
+        sq = value_squared_error(values, rewards, mask)
+        metrics.add_sum("val/value_loss", sq / ctx.denominators[0])
+        _value_metrics(metrics, values, rewards, mask, "val")
+        return metrics, {"values": values.detach().double(), "mask": mask, "rewards": rewards}
+
+    def td_settings(self) -> dict[str, float]:
+        """The TD weighting (``gamma, beta, w_min, w_max``) the value panel reports weights
+        with: verifiable's defaults, unless the method has its own (:class:`VerifiableMethod`).
+        The critic reports what verifiable with default settings would make of its values."""
+        return dict(TD_DEFAULTS)
+
+    def validation_summary(self, values: dict[str, float]) -> dict[str, float]:
+        """Metrics derived from the reduced validation metrics of every rank (``values``),
+        added to them by the loop; none by default."""
+        return {}
 
 
 class BaselineMethod(Method):
@@ -208,8 +241,8 @@ class CriticMethod(Method):
         assert module.value_head is not None
         with torch.no_grad():
             hidden = module.head_hiddens(batch.input_ids, 1)[0]
-        values = module.value_head(hidden)
         mask = batch.targets != IGNORE_INDEX
+        values = module.value_head(hidden, mask)
         rewards = _rewards(batch, self.name)
         value_loss = value_squared_error(values, rewards, mask) / ctx.denominators[0]
         metrics = MetricValues()
@@ -233,14 +266,20 @@ class VerifiableMethod(Method):
     gamma: float = 1.0
     name = "verifiable"
     uses_value_head = True
+    #: False in the control (:class:`VerifiableUniformMethod`): a class attribute, not a field.
+    applies_weights = True
+
+    def td_settings(self) -> dict[str, float]:
+        """This run's own TD weighting (the value panel's bug diagnostics use it)."""
+        return {"gamma": self.gamma, "beta": self.beta, "w_min": self.w_min, "w_max": self.w_max}
 
     def loss(
         self, module: PolicyModule, batch: Batch, ctx: LossContext
     ) -> tuple[torch.Tensor, MetricValues]:
         assert module.value_head is not None
         hiddens = module.head_hiddens(batch.input_ids)
-        values = module.value_head(hiddens[0])
         mask = batch.targets != IGNORE_INDEX
+        values = module.value_head(hiddens[0], mask)
         rewards = _rewards(batch, self.name)
         v = values.detach().double()
         td = td_errors(v, rewards, mask, self.gamma)
@@ -249,7 +288,8 @@ class VerifiableMethod(Method):
             hiddens,
             module.output_weight(),
             batch.targets,
-            weights=weights,
+            # None: the uniform MTP loss, by the baseline's own path.
+            weights=weights if self.applies_weights else None,
             denominators=ctx.denominators,
             loss_scale=ctx.loss_scale,
             chunk_size=ctx.chunk_size,
@@ -287,14 +327,35 @@ class VerifiableMethod(Method):
 
 
 @dataclass
+class VerifiableUniformMethod(VerifiableMethod):
+    """The control of :class:`VerifiableMethod` that isolates the TD weighting: the same value
+    loss and value head, every MTP token weighted 1 (the baseline's loss + ``value_coef`` x
+    value MSE). The TD errors and the weights they would have given are still computed and
+    logged under verifiable's names (``td/*``, ``weights/*``): the run shows what it left out."""
+
+    name = "verifiable_uniform"
+    applies_weights = False
+
+
+@dataclass
 class Rho1Method(Method):
     """Rho-1 selective language modelling on every head.
 
     Excess loss of head ``k`` for target token ``j`` (target alignment) = policy CE - the
     reference's CE of the same token (``ref_ce[:, j]``, the reference's prediction of token
-    ``j+1`` at position ``j``). Per head, the top ``top_k`` fraction of valid tokens of the
-    micro-batch across all ranks is kept (one global threshold) and the loss is averaged over
-    the kept tokens; head 0 trains on every token when ``head0_always``."""
+    ``j+1`` at position ``j``). Head 0 trains on every token when ``head0_always``.
+
+    Selection: per micro-batch and head, over the valid tokens of that micro-batch on every
+    rank (one gather), exactly ``n_selected(N, top_k)`` tokens are kept, the largest excess
+    first, ties kept in rank-then-position order. The threshold stays per micro-batch rather
+    than per step: a per-step threshold needs every micro-batch's policy loss before the first
+    backward, i.e. an extra no-grad forward of the policy per micro-batch; this needs none.
+    Because the count is exact (no "every tie kept"), each micro-batch's kept count is known
+    from its targets alone (``ctx.micro_counts``), so every selected head is normalised by the
+    kept tokens of the whole optimizer step, across micro-batches and ranks, as head 0 is by
+    its valid tokens: the step's loss of head ``k`` is the mean CE over all kept tokens of the
+    step, whatever the split (a short micro-batch's tokens weigh what a long one's do).
+    """
 
     reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     top_k: float = 0.6
@@ -306,6 +367,24 @@ class Rho1Method(Method):
             raise ValueError("rho1: no reference model")
         batch.ref_ce = self.reference(batch.input_ids, batch.targets)
 
+    def _step_kept(self, ctx: LossContext) -> torch.Tensor:
+        """``[n_heads]`` float64: the tokens the step keeps per head, over every micro-batch
+        and rank (before any forward: the selection keeps an exact count)."""
+        counts = ctx.micro_counts
+        if counts is None:
+            if ctx.n_micro != 1:
+                raise ValueError(
+                    f"rho1: LossContext.micro_counts is required with {ctx.n_micro} micro-batches "
+                    "per step (the step's kept-token denominators are derived from it)"
+                )
+            counts = ctx.denominators[None]
+        if counts.dim() != 2 or counts.shape[0] != ctx.n_micro:
+            raise ValueError(
+                f"rho1: micro_counts must be [n_micro={ctx.n_micro}, n_heads], got "
+                f"{tuple(counts.shape)}"
+            )
+        return n_selected_counts(counts, self.top_k).sum(0)
+
     def loss(
         self, module: PolicyModule, batch: Batch, ctx: LossContext
     ) -> tuple[torch.Tensor, MetricValues]:
@@ -313,18 +392,25 @@ class Rho1Method(Method):
             raise ValueError("rho1: the batch has no reference losses (prepare() not called)")
         ref_ce = batch.ref_ce.detach().double()
         metrics = MetricValues()
+        step_kept = self._step_kept(ctx)
 
         def select(k: int, ce: torch.Tensor, valid: torch.Tensor):
             excess = ce.double() - ref_ce
+            local = excess[valid].contiguous()
             n_valid = valid.sum()
-            metrics.add_mean(f"rho1/excess_loss_head_{k}", excess[valid].sum(), n_valid)
-            everyone = ctx.all_gather(excess[valid].contiguous())
-            threshold = selection_threshold(everyone, self.top_k)
-            keep = rho1_mask(excess, valid, self.top_k, threshold=threshold)
-            kept = keep.sum()
+            metrics.add_mean(f"rho1/excess_loss_head_{k}", local.sum(), n_valid)
+            everyone = ctx.all_gather(local)
+            # Every rank gathers the sizes (a collective: all or none); rank 0's part starts
+            # at 0 without reading the device.
+            sizes = ctx.all_gather(torch.tensor([local.numel()], device=local.device))
+            offset = int(sizes[: ctx.rank].sum()) if ctx.rank else 0
+            mine = exact_top_k(everyone, self.top_k)[offset : offset + local.numel()]
+            keep = torch.zeros_like(valid)
+            keep[valid] = mine
+            kept = mine.sum()
             metrics.add_mean(f"rho1/kept_ratio_head_{k}", kept, n_valid)
-            total_kept = ctx.all_reduce_sum(kept.to(torch.float64))
-            return keep.to(torch.float64), total_kept * ctx.n_micro
+            metrics.add_mean(f"rho1/dropped_fraction_head_{k}", n_valid - kept, n_valid)
+            return keep.to(torch.float64), step_kept[k]
 
         hiddens = module.head_hiddens(batch.input_ids)
         # Head 0 under head0_always trains on every token: the plain chunked path, normalised
@@ -341,13 +427,58 @@ class Rho1Method(Method):
             chunk_size=ctx.chunk_size,
         )
         if self.head0_always:
-            metrics.add_mean("rho1/kept_ratio_head_0", 1.0, 1.0)
             valid0 = batch.targets != IGNORE_INDEX
+            metrics.add_mean("rho1/kept_ratio_head_0", 1.0, 1.0)
+            # Nothing of head 0 is dropped under head0_always: the metric says so, 0.
+            metrics.add_mean("rho1/dropped_fraction_head_0", 0.0, 1.0)
             excess0 = out.ce[0].double() - ref_ce
             metrics.add_mean("rho1/excess_loss_head_0", excess0[valid0].sum(), valid0.sum())
         metrics.add_sum("train/loss", out.head_losses.sum())
         _report_mtp(metrics, out.head_losses, "train")
         return out.loss, metrics
+
+    def validate(
+        self, module: PolicyModule, batch: Batch, ctx: LossContext
+    ) -> tuple[MetricValues, dict[str, torch.Tensor]]:
+        """The shared validation metrics, plus ``val/rho1_excess_head_{k}``: the mean excess
+        loss (policy CE - reference CE, the reference's CE computed as in training) of head
+        ``k`` over the valid tokens of the correct validation rows (every row when the batch
+        has no ``is_correct``)."""
+        metrics, extras = super().validate(module, batch, ctx)
+        if batch.ref_ce is None:
+            self.prepare(batch)
+        assert batch.ref_ce is not None
+        ref_ce = batch.ref_ce.detach().double()
+        out = mtp_cross_entropy(
+            module.head_hiddens(batch.input_ids),
+            module.output_weight(),
+            batch.targets,
+            chunk_size=ctx.chunk_size,
+        )
+        mask = batch.targets != IGNORE_INDEX
+        if batch.is_correct is not None:
+            mask = mask & batch.is_correct.to(torch.bool)[:, None]
+        for k, ce in enumerate(out.ce):
+            valid = mask.clone()
+            valid[:, :k] = False  # head k's targets start k tokens later
+            excess = ce.double() - ref_ce
+            metrics.add_mean(f"val/rho1_excess_head_{k}", excess[valid].sum(), valid.sum())
+        return metrics, extras
+
+    def validation_summary(self, values: dict[str, float]) -> dict[str, float]:
+        """Rho-1's premise on the held-out rows: ``val/rho1_premise_holds_head_{k}`` is 1.0
+        when head ``k``'s mean excess loss is > 0 (the reference predicts those tokens better
+        than the policy), and ``val/rho1_premise_holds`` is 1.0 when it holds on every head."""
+        heads = sorted(
+            (int(name.rsplit("_", 1)[1]), value)
+            for name, value in values.items()
+            if name.startswith("val/rho1_excess_head_")
+        )
+        if not heads:
+            return {}
+        out = {f"val/rho1_premise_holds_head_{k}": float(v > 0) for k, v in heads}
+        out["val/rho1_premise_holds"] = float(all(v > 0 for _, v in heads))
+        return out
 
 
 def reference_token_ce(
@@ -376,6 +507,7 @@ __all__ = [
     "PolicyModule",
     "Rho1Method",
     "VerifiableMethod",
+    "VerifiableUniformMethod",
     "reference_token_ce",
     "value_squared_error",
 ]

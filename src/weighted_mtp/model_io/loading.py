@@ -260,16 +260,38 @@ def load_model(
 
     head = ValueHead(args.dim)
     if head_state:
-        missing = sorted(set(head.state_dict()) - set(head_state))
-        if missing:
-            raise MissingKeyError(
-                f"{source}: value head weight {VALUE_HEAD_PREFIX}{missing[0]!r} missing"
-            )
-        head.load_state_dict(head_state, strict=True)
+        head.load_state_dict(value_head_state(head_state, source), strict=True)
     else:
         _warn_fresh_head(source)
     head.to(device=device, dtype=target or model.tok_embeddings.weight.dtype).eval()
     return model, head
+
+
+def value_head_state(head_state: Mapping[str, torch.Tensor], source: str) -> dict:
+    """A stored value head's tensors (keys without ``value_head.``), checked.
+
+    Raises:
+        MissingKeyError: the weight is missing, or the bias: a head without one was written by
+            the per-position value head (before issue 16), whose function the running-mean
+            head (:class:`ValueHead`) does not compute; the message says to retrain the critic.
+        UnexpectedKeyError: an unknown key.
+    """
+    state = dict(head_state)
+    if "weight" not in state:
+        raise MissingKeyError(f"{source}: value head weight {VALUE_HEAD_PREFIX}'weight' missing")
+    unknown = sorted(set(state) - {"weight", "bias"})
+    if unknown:
+        raise UnexpectedKeyError(
+            f"{source}: unexpected value head tensor {VALUE_HEAD_PREFIX}{unknown[0]!r} "
+            "(expected weight and bias)"
+        )
+    if "bias" not in state:
+        raise MissingKeyError(
+            f"{source}: value head without {VALUE_HEAD_PREFIX}'bias': it was trained as the "
+            "older per-position head (no bias), which the running-mean value head does not "
+            "read the same way; retrain the critic (kedro run --pipelines critic)"
+        )
+    return state
 
 
 def _warn_fresh_head(source: str) -> None:
@@ -328,7 +350,7 @@ class MetaModel:
     source: str
     _reader: SafetensorsRows = field(repr=False)
     _opened: _CheckedDirectory = field(repr=False)
-    _fresh_head: torch.Tensor | None = field(default=None, repr=False)
+    _fresh_head: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @torch.no_grad()
     def fill(self) -> None:
@@ -360,7 +382,8 @@ class MetaModel:
         rows = (offset[0], offset[0] + shape[0]) if shape else (0, 0)
         rest_full = shape[1:] == tuple(param.shape[1:])
         if key.startswith(VALUE_HEAD_PREFIX) and self._fresh_head is not None:
-            local.copy_(_block(self._fresh_head, shape, offset))
+            fresh = self._fresh_head[key[len(VALUE_HEAD_PREFIX) :]]
+            local.copy_(_block(fresh, shape, offset))
             return
         raw = self._opened.raw_keys[key]
         transform = self._hf_transform(raw)
@@ -411,15 +434,20 @@ def build_meta_model(
         with torch.device("meta"):
             head = ValueHead(opened.args.dim).float()
         stored_head = {k for k in opened.raw_keys if k.startswith(VALUE_HEAD_PREFIX)}
-        missing = sorted(f"{VALUE_HEAD_PREFIX}{k}" for k in head.state_dict())
-        missing = [k for k in missing if k not in stored_head]
-        if stored_head and missing:
-            raise MissingKeyError(f"{opened.source}: value head weight {missing[0]!r} missing")
-        if not stored_head:
+        if stored_head:
+            # Checks the keys only (no tensor is read): weight required, bias optional.
+            value_head_state(
+                {k[len(VALUE_HEAD_PREFIX) :]: torch.empty(0) for k in stored_head},
+                opened.source,
+            )
+        else:
             _warn_fresh_head(opened.source)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                fresh = ValueHead(opened.args.dim).weight.detach().float()
+                fresh = {
+                    k: v.detach().float()
+                    for k, v in ValueHead(opened.args.dim).state_dict().items()
+                }
     return MetaModel(
         model=opened.model,
         value_head=head,

@@ -31,6 +31,8 @@ from weighted_mtp.model_io.model_dir import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from weighted_mtp.models.transformer import MTPTransformer
+
 logger = logging.getLogger(__name__)
 
 
@@ -94,6 +96,85 @@ class ReferenceModel(nn.Module):
         valid = (targets >= 0) & (targets < logp.shape[-1])
         picked = logp.gather(-1, targets.clamp(0, logp.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
         return picked.masked_fill(~valid, 0.0)
+
+
+# Meta (LLaMA release) block names -> Hugging Face LlamaDecoderLayer names.
+_META_TO_HF_LAYER = {
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+
+
+def _permute_qk(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta's interleaved RoPE rows (re0, im0, re1, im1, ...) of each head -> HF's (real
+    parts, imaginary parts), the permutation of HF's LLaMA conversion script."""
+    out_dim, in_dim = weight.shape
+    half = out_dim // n_heads // 2
+    return weight.view(n_heads, half, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def causal_lm_from_mtp(
+    model: MTPTransformer,
+    *,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> PreTrainedModel:
+    """Head 0 of an MTP model as the ``LlamaForCausalLM`` a Rho-1 reference is: the trunk
+    blocks then head 0's block (``layers`` in order), the shared final norm and unembedding.
+    Its logits equal the MTP model's head-0 logits; the extra heads are left out.
+
+    This is how the micro reference starts from the pretrained base model: Rho-1's reference
+    is a model like the policy's start, tuned on the high-quality data (here the correct
+    solutions), so that it predicts them better than the policy does.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    args = model.args
+    config = LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.ffn_hidden_dim,
+        num_hidden_layers=len(model.layers),
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=args.max_seq_len,
+        rms_norm_eps=args.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    meta = model.state_dict()
+    hf: dict[str, torch.Tensor] = {
+        "model.embed_tokens.weight": meta["tok_embeddings.weight"],
+        "model.norm.weight": meta["norm.weight"],
+        "lm_head.weight": meta["output.weight"],
+    }
+    for i in range(len(model.layers)):
+        for meta_name, hf_name in _META_TO_HF_LAYER.items():
+            weight = meta[f"layers.{i}.{meta_name}.weight"]
+            if meta_name == "attention.wq":
+                weight = _permute_qk(weight, args.n_heads)
+            elif meta_name == "attention.wk":
+                weight = _permute_qk(weight, args.kv_heads)
+            hf[f"model.layers.{i}.{hf_name}.weight"] = weight
+    # HF initialises from the global RNG before the weights are overwritten: leave it as it was.
+    with torch.random.fork_rng(devices=[]):
+        causal_lm = LlamaForCausalLM(config)
+    causal_lm.to(next(model.parameters()).dtype)
+    causal_lm.load_state_dict(hf, strict=True)
+    return causal_lm.eval()
 
 
 def load_reference_model(

@@ -9,7 +9,8 @@ node returns them, and the catalog publishes the model (locally or to S3).
 
 ``baseline``, ``critic``, ``verifiable`` and ``rho1`` differ only in the method name, the model
 they start from and their parameter model; their ``nodes.py`` hold typed one-line wrappers
-(Kedro validates a ``params:`` input against the annotation of the argument it feeds).
+(Kedro validates a ``params:`` input against the annotation of the argument it feeds). The
+control ``verifiable_uniform`` is one more: verifiable's parameters and model, its own name.
 """
 
 from __future__ import annotations
@@ -334,13 +335,14 @@ def launch_training_job(
     """Plan, describe and run one training job; returns its spec (run directory, outputs).
 
     Args:
-        method: a ``JobSpec.method`` (``baseline``, ``critic``, ``verifiable``, ``rho1``,
-            ``reference``).
+        method: a ``JobSpec.method`` (``baseline``, ``critic``, ``verifiable``,
+            ``verifiable_uniform``, ``rho1``, ``reference``).
         init_model: the model directory the job starts from.
         training_runs: root of the run directories (``training_runs`` in the catalog).
         train_jsonl, valid_jsonl: where the corpora are; the workers read the planned rows.
         train_metadata, valid_metadata: the tables the data plan is drawn from.
-        params: the method's parameters (``PARAMS_BY_METHOD[method]``).
+        params: the method's parameters (``PARAMS_BY_METHOD[method]``; a control's are the
+            parameters of the method it controls).
         runtime: ``params:runtime``.
         reference_model: the frozen Rho-1 reference (``rho1`` only).
         checkpoints: where resume checkpoints live (``<method>_checkpoints``); a remote

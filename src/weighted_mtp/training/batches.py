@@ -117,6 +117,8 @@ class BatchReader:
             is_correct=raw.get("is_correct"),
         )
         batch.extras["n_tokens"] = raw["attention_mask"].sum()
+        if "bug_mask" in raw:  # target alignment, like the targets (validation diagnostics)
+            batch.extras["bug_mask"] = shift_labels(raw["bug_mask"].long(), 0).bool()
         if self._pin:
             batch = _map_tensors(batch, lambda t: t.pin_memory())
         return batch, len(records) - kept
@@ -163,20 +165,24 @@ class BatchReader:
         return StepBatches(step, micro, skipped)
 
     def validation_batches(
-        self, path: str, plan: DataPlan, *, rank: int, world: int, batch_size: int
+        self,
+        path: str,
+        plan: DataPlan,
+        *,
+        rank: int,
+        world: int,
+        batch_size: int,
+        panel: str = "loss",
     ) -> list[Batch]:
-        """This rank's validation micro-batches on the CPU. The validation rows never change
-        during a run, so they are read and collated once and kept (token ids only)."""
-        key = (path, rank, world, batch_size)
+        """This rank's micro-batches of validation panel ``panel`` (``loss`` or ``value``,
+        :meth:`DataPlan.panel`) on the CPU. The validation rows never change during a run, so
+        they are read and collated once and kept (token ids only)."""
+        key = (path, rank, world, batch_size, panel)
         if key not in self._validation:
-            positions = plan.valid_positions(rank, world)
+            positions = plan.valid_positions(rank, world, panel)
+            rows, offsets, lengths = plan.panel(panel)
             try:
-                records = self.read(
-                    path,
-                    plan.valid_rows[positions],
-                    plan.valid_offsets[positions],
-                    plan.valid_lengths[positions],
-                )
+                records = self.read(path, rows[positions], offsets[positions], lengths[positions])
                 batches = [
                     self.collate(records[i : i + batch_size], "validation")[0]
                     for i in range(0, len(records), batch_size)

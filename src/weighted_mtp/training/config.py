@@ -12,8 +12,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["baseline", "critic", "verifiable", "rho1", "reference", "pretrain"]
+Method = Literal[
+    "baseline", "critic", "verifiable", "verifiable_uniform", "rho1", "reference", "pretrain"
+]
 METHODS: tuple[str, ...] = ("baseline", "critic", "verifiable", "rho1")
+#: Control pipelines -> the method they control. A control reads that method's parameter group
+#: (``params:verifiable``) and draws its data plan: one group cannot drift from itself, so the
+#: control differs from its method by the loss alone (``verifiable_uniform``: every TD weight 1).
+CONTROLS: dict[str, str] = {"verifiable_uniform": "verifiable"}
+#: Every training pipeline that ``kedro estimate --pipelines`` accepts.
+TRAINING_PIPELINES: tuple[str, ...] = (*METHODS, *CONTROLS)
+
+
+def params_group(method: str) -> str:
+    """The parameter group (``params:<group>``) and sampler of training job ``method``: its
+    own name, or for a control the method it controls."""
+    return CONTROLS.get(method, method)
 
 
 class _Strict(BaseModel):
@@ -77,6 +91,12 @@ class TrainingParams(_Strict):
     )
     seed: int = Field(0, ge=0)
     chunk_size: int = Field(1024, ge=1, description="rows of logits alive at once in the loss")
+    length_group_steps: int = Field(
+        16,
+        ge=1,
+        description="steps whose rows are regrouped by token length (less padding); 1 = the "
+        "sampled order as drawn (training/data_plan.py)",
+    )
     save_every: int | None = Field(
         None, ge=1, description="resume checkpoint every N steps (and at the end); None = end"
     )
@@ -109,10 +129,20 @@ class PretrainParams(TrainingParams):
     correct_fraction: float | None = Field(None, ge=0, le=1)
 
 
+#: ``value_val_samples``: the value panel of the value-head methods (critic, verifiable).
+_VALUE_PANEL = Field(
+    256,
+    ge=0,
+    description="balanced held-out rows for the value AUC (with its interval), the Brier skill "
+    "and the bug-span diagnostics; 0 = none",
+)
+
+
 class CriticParams(TrainingParams):
     """``critic``: value head only (trunk frozen), stage-1 balanced sample."""
 
     correct_fraction: float = Field(0.5, gt=0, lt=1)
+    value_val_samples: int = _VALUE_PANEL
 
 
 class CurriculumParams(_Strict):
@@ -141,6 +171,7 @@ class VerifiableParams(TrainingParams):
     w_max: float = Field(5.0, gt=0)
     gamma: float = Field(1.0, ge=0, le=1)
     curriculum: CurriculumParams = Field(default_factory=CurriculumParams)
+    value_val_samples: int = _VALUE_PANEL
 
     @model_validator(mode="after")
     def _weight_range(self) -> VerifiableParams:
@@ -169,6 +200,7 @@ PARAMS_BY_METHOD: dict[str, type[TrainingParams]] = {
     "baseline": BaselineParams,
     "critic": CriticParams,
     "verifiable": VerifiableParams,
+    "verifiable_uniform": VerifiableParams,
     "rho1": Rho1Params,
     "reference": ReferenceTuningParams,
     "pretrain": PretrainParams,

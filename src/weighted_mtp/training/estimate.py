@@ -577,6 +577,7 @@ def _build_step(
         all_gather=_equal_all_gather(world_size),
         all_reduce_sum=_all_reduce_sum,
         chunk_size=params.chunk_size,
+        micro_counts=(per_micro * world_size).repeat(params.grad_accum_steps, 1).to(device),
     )
     # The loop's autocast: on for CUDA in a low-precision dtype; an estimate of a CUDA run on
     # a CPU-only machine uses CPU autocast with the same dtype.
@@ -622,7 +623,7 @@ def estimate_memory(
     tensors (no memory, no GPU, no model files).
 
     Args:
-        method: ``baseline`` | ``critic`` | ``verifiable`` | ``rho1``.
+        method: ``baseline`` | ``critic`` | ``verifiable`` | ``verifiable_uniform`` | ``rho1``.
         params: the method's parameters (``<method>.*``).
         runtime: ``runtime.*`` (strategy, dtype, activation checkpointing, world size).
         args: the policy model's shape (``params.json``).

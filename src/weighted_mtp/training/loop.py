@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from weighted_mtp.training.parallelize import gradient_sync, inner_module, paral
 from weighted_mtp.training.run_identity import RunIdentity
 from weighted_mtp.training.spec import HISTORY_FILE, JobSpec
 from weighted_mtp.training.step_log import StepLog
-from weighted_mtp.weighting.metrics import roc_auc
+from weighted_mtp.weighting.metrics import value_panel_parts, value_panel_summary
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +163,29 @@ class _FiniteGuard:
                     f"{self.method}: non-finite gradient norm ({float(norm)}) at step "
                     f"{step + 1}; lower the learning rate or check the data of this step"
                 )
+
+
+def step_context(
+    micro: list[Batch], n_heads: int, world: WorldInfo, chunk_size: int
+) -> LossContext:
+    """The :class:`LossContext` of one optimizer step made of this rank's ``micro``
+    batches: each head's valid target tokens per micro-batch summed over ranks (one
+    all-reduce; Rho-1 derives its step's kept counts from them) and over the step (the loss
+    denominators, so the step's loss is the mean over the global batch however it is split).
+    Every tensor stays on the training device: the collectives run there, and nothing reads
+    the device until the step's host sync (if it has one)."""
+    counts = torch.stack([head_valid_counts(b.targets, n_heads) for b in micro])
+    micro_counts = all_reduce_sum(counts.to(torch.float64))
+    return LossContext(
+        denominators=micro_counts.sum(0),
+        loss_scale=float(world.world_size),
+        n_micro=len(micro),
+        all_gather=all_gather_cat,
+        all_reduce_sum=all_reduce_sum,
+        chunk_size=chunk_size,
+        micro_counts=micro_counts,
+        rank=world.rank,
+    )
 
 
 def _fresh_start_line(spec: JobSpec, storage: CheckpointStorage, identity: RunIdentity) -> str:
@@ -357,18 +379,7 @@ def train(
             prepared: StepBatches = prefetch.get(step)
             skipped_total += prepared.skipped
             micro: list[Batch] = [reader.to_device(b) for b in prepared.micro]
-            counts = sum(head_valid_counts(b.targets, n_heads) for b in micro)
-            # Every tensor stays on the training device: the collectives run there, and
-            # nothing below reads the device until the step's host sync (if it has one).
-            denominators = all_reduce_sum(counts.to(torch.float64))
-            ctx = LossContext(
-                denominators=denominators,
-                loss_scale=float(n_world),
-                n_micro=accum,
-                all_gather=all_gather_cat,
-                all_reduce_sum=all_reduce_sum,
-                chunk_size=params.chunk_size,
-            )
+            ctx = step_context(micro, n_heads, world, params.chunk_size)
             metrics = MetricValues()
             for m, batch in enumerate(micro):
                 method.prepare(batch)
@@ -391,7 +402,7 @@ def train(
 
             is_last = step + 1 == params.max_steps
             is_log = (step + 1) % params.log_every == 0 or is_last or step == 0
-            is_eval = bool(len(plan.valid_rows)) and (
+            is_eval = bool(len(plan.valid_rows) or len(plan.value_rows)) and (
                 (step + 1) % params.eval_every == 0 or is_last
             )
             is_save = (step + 1) % save_every == 0 or is_last
@@ -457,19 +468,18 @@ def train(
     return wrapped, TrainSummary(params.max_steps, tokens_seen, last, skipped_total)
 
 
-@torch.no_grad()
-def validate(
+def _panel(
     spec: JobSpec,
     world: WorldInfo,
-    wrapped: nn.Module,
     reader: BatchReader,
     plan: DataPlan,
     params: TrainingParams,
     n_heads: int,
-) -> dict[str, float]:
-    """Validation metrics over the plan's validation rows (split evenly across ranks)."""
-    if spec.valid_jsonl is None:
-        return {}
+    panel: str,
+) -> tuple[list[Batch], LossContext]:
+    """This rank's batches of a validation panel on the device and their loss context (each
+    head's valid target tokens over the panel and every rank)."""
+    assert spec.valid_jsonl is not None
     # Read and collated at the first validation only (the rows never change), in this thread
     # with this reader's collator: the prefetch workers keep their own.
     batches = [
@@ -480,6 +490,7 @@ def validate(
             rank=world.rank,
             world=world.world_size,
             batch_size=params.batch_size,
+            panel=panel,
         )
     ]
     counts = sum(
@@ -487,31 +498,75 @@ def validate(
         torch.zeros(n_heads, dtype=torch.long, device=world.device),
     )
     ctx = LossContext(
-        denominators=all_reduce_sum(counts.to(torch.float64)),
-        chunk_size=params.chunk_size,
+        denominators=all_reduce_sum(counts.to(torch.float64)), chunk_size=params.chunk_size
     )
-    metrics = MetricValues()
-    scores, labels = [], []
+    return batches, ctx
+
+
+@torch.no_grad()
+def validate(
+    spec: JobSpec,
+    world: WorldInfo,
+    wrapped: nn.Module,
+    reader: BatchReader,
+    plan: DataPlan,
+    params: TrainingParams,
+    n_heads: int,
+) -> dict[str, float]:
+    """Validation metrics over the plan's two panels (each split evenly across ranks).
+
+    The loss panel (``plan.valid_rows``: correct held-out rows, the same for every method)
+    gives the uniform MTP loss ``val/loss``, ``val/head_{k}_loss`` and the method's own
+    ``val/*`` metrics. The value panel (``plan.value_rows``: balanced, value-head methods)
+    gives ``val/value_loss``, ``val/value_accuracy``, ``val/value_mean`` and the critic
+    diagnostics of :func:`~weighted_mtp.weighting.metrics.value_panel_summary` (value AUC with
+    its interval at the last token and at 25/50/75% of each program, Brier skill, TD weights
+    on the synthetic bug spans and the bug-localisation AUC), with the method's TD settings.
+    """
+    if spec.valid_jsonl is None:
+        return {}
+    method = inner_module(wrapped).method  # type: ignore[attr-defined]
+    out: dict[str, float] = {}
     was_training = wrapped.training
     wrapped.eval()
     try:
-        for batch in batches:
-            values, extras = wrapped(
-                batch.input_ids, batch.targets, batch.is_correct, None, ctx=ctx, mode="validate"
-            )
-            metrics.merge(values)
-            if "last_value" in extras:
-                scores.append(extras["last_value"])
-                labels.append(extras["is_correct"])
+        if len(plan.valid_rows):
+            batches, ctx = _panel(spec, world, reader, plan, params, n_heads, "loss")
+            metrics = MetricValues()
+            for batch in batches:
+                values, _ = wrapped(
+                    batch.input_ids, batch.targets, batch.is_correct, None, ctx=ctx, mode="validate"
+                )
+                metrics.merge(values)
+            out.update(_reduce_metrics(metrics, world))
+        if len(plan.value_rows) and method.uses_value_head:
+            batches, ctx = _panel(spec, world, reader, plan, params, n_heads, "value")
+            metrics = MetricValues()
+            parts: dict[str, list[torch.Tensor]] = {}
+            for batch in batches:
+                values, extras = wrapped(
+                    batch.input_ids,
+                    batch.targets,
+                    batch.is_correct,
+                    None,
+                    ctx=ctx,
+                    mode="validate_value",
+                )
+                metrics.merge(values)
+                found = value_panel_parts(
+                    extras["values"],
+                    extras["mask"],
+                    extras["rewards"],
+                    batch.extras.get("bug_mask"),
+                    **method.td_settings(),
+                )
+                for key, part in found.items():
+                    parts.setdefault(key, []).append(part)
+            out.update(_reduce_metrics(metrics, world))
+            # Gathered on the device, then to the host once per part.
+            gathered = {k: all_gather_cat(torch.cat(v)).cpu() for k, v in sorted(parts.items())}
+            out.update(value_panel_summary(gathered))
     finally:
         wrapped.train(was_training)
-    out = _reduce_metrics(metrics, world)
-    if scores:
-        # Gathered on the device, then to the host once for the AUC.
-        all_scores = all_gather_cat(torch.cat(scores).double()).cpu()
-        all_labels = all_gather_cat(torch.cat(labels).to(torch.float64)).cpu() > 0.5
-        auc = roc_auc(all_scores, all_labels)
-        if math.isfinite(auc):
-            out["val/value_auc"] = auc
-        out["val/last_value_accuracy"] = float(((all_scores > 0.5) == all_labels).double().mean())
+    out.update(method.validation_summary(out))
     return out

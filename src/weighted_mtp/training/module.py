@@ -21,6 +21,7 @@ from weighted_mtp.losses.methods import (
     Method,
     Rho1Method,
     VerifiableMethod,
+    VerifiableUniformMethod,
 )
 from weighted_mtp.losses.metric_values import MetricValues
 from weighted_mtp.models.transformer import MTPTransformer
@@ -29,8 +30,8 @@ from weighted_mtp.training.config import Rho1Params, TrainingParams, VerifiableP
 
 
 class _TrainingModule(nn.Module):
-    """Shared ``forward``: ``mode="train"`` -> ``(loss, metrics)``; ``"validate"`` ->
-    ``(metrics, extras)``."""
+    """Shared ``forward``: ``mode="train"`` -> ``(loss, metrics)``; ``"validate"`` (the
+    loss panel) and ``"validate_value"`` (the value panel) -> ``(metrics, extras)``."""
 
     method: Method
 
@@ -47,6 +48,8 @@ class _TrainingModule(nn.Module):
         batch = Batch(input_ids=input_ids, targets=targets, is_correct=is_correct, ref_ce=ref_ce)
         if mode == "validate":
             return self.method.validate(self, batch, ctx)
+        if mode == "validate_value":
+            return self.method.validate_value(self, batch, ctx)
         return self.method.loss(self, batch, ctx)
 
 
@@ -118,15 +121,18 @@ def build_method(
     reference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Method:
     """The loss of job ``name`` (``baseline`` | ``reference`` | ``pretrain`` | ``critic`` |
-    ``verifiable`` | ``rho1``) from its typed parameters; ``reference`` is Rho-1's per-token
-    reference CE. The one place both the worker and the memory estimate build methods."""
+    ``verifiable`` | ``verifiable_uniform`` | ``rho1``) from its typed parameters;
+    ``reference`` is Rho-1's per-token reference CE. The one place both the worker and the
+    memory estimate build methods."""
     if name in ("baseline", "reference", "pretrain"):
         return BaselineMethod()
     if name == "critic":
         return CriticMethod()
-    if name == "verifiable":
+    if name in ("verifiable", "verifiable_uniform"):
         assert isinstance(params, VerifiableParams)
-        return VerifiableMethod(
+        # The control takes verifiable's every knob; only its loss leaves the weights out.
+        verifiable = VerifiableMethod if name == "verifiable" else VerifiableUniformMethod
+        return verifiable(
             value_coef=params.value_coef,
             beta=params.beta,
             w_min=params.w_min,

@@ -28,7 +28,8 @@ class JobSpec(BaseModel):
     """One training job.
 
     Attributes:
-        method: ``baseline`` | ``critic`` | ``verifiable`` | ``rho1`` | ``reference`` | ``pretrain``.
+        method: ``baseline`` | ``critic`` | ``verifiable`` | ``verifiable_uniform`` | ``rho1`` |
+            ``reference`` | ``pretrain``.
         run_dir: local directory of this run (spec, data plan, logs, history, final model).
         params: the method's parameters (``PARAMS_BY_METHOD[method]`` as a dict).
         runtime: ``runtime.*``.

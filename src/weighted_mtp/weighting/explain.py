@@ -89,8 +89,8 @@ def td_token_weights(
     # The training module, so the hidden state the value head reads is the loss's own.
     module = MTPTrainingModule(model, value_head, method)
     hidden = module.head_hiddens(input_ids, 1)[0]
-    values = value_head(hidden).detach().double()
     mask = targets != IGNORE_INDEX
+    values = value_head(hidden, mask).detach().double()
     rewards = batch["is_correct"].to(torch.float64)
     td = td_errors(values, rewards, mask, method.gamma)
     weights = td_weights(td, mask, method.beta, method.w_min, method.w_max)

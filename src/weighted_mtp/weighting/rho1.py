@@ -14,6 +14,34 @@ def n_selected(n_valid: int, k: float) -> int:
     return min(n_valid, max(1, math.ceil(k * n_valid))) if n_valid else 0
 
 
+def n_selected_counts(n_valid: torch.Tensor, k: float) -> torch.Tensor:
+    """:func:`n_selected` elementwise on a tensor of valid counts (any shape, float64 out), on
+    the counts' device: the kept counts a step will have, known before any forward."""
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    n = n_valid.to(torch.float64)
+    kept = torch.minimum(n, torch.clamp(torch.ceil(k * n), min=1.0))
+    return torch.where(n > 0, kept, torch.zeros_like(n))
+
+
+def exact_top_k(valid_excess: torch.Tensor, k: float) -> torch.Tensor:
+    """Bool ``[N]``: exactly :func:`n_selected` ``(N, k)`` of the 1-D ``valid_excess`` kept,
+    the largest first; equal values are kept in order of position (the earlier first).
+
+    Unlike :func:`rho1_mask`, which keeps every tie at the threshold, the count is exact, so a
+    training step knows how many tokens it will keep from its targets alone (the Rho-1
+    method's step-level denominator). Distributed callers pass the rank-ordered gather of every
+    rank's valid excess and slice out their own positions: the order is the same everywhere.
+    """
+    flat = valid_excess.detach().reshape(-1)
+    count = n_selected(flat.numel(), k)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if count:
+        order = torch.sort(flat, descending=True, stable=True).indices
+        keep[order[:count]] = True
+    return keep
+
+
 def selection_threshold(valid_excess: torch.Tensor, k: float) -> torch.Tensor:
     """The excess loss of the last kept token among ``valid_excess`` (1-D, any order).
 

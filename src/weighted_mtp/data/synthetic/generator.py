@@ -63,7 +63,7 @@ def _draw_source(rng: random.Random) -> int:
 def build_row(task: Task, rng: random.Random, index: int, split: str) -> dict[str, Any]:
     """The row of ``task``, the ``index``-th of ``split``."""
     public, private, generated = draw_tests(task, rng)
-    solutions, incorrect = draw_programs(task, rng)
+    solutions, incorrect, bug_spans = draw_programs(task, rng)
     level = task.level
     source = _draw_source(rng)
     # Contest numbers interleave the splits, so names never collide within or across splits.
@@ -92,6 +92,7 @@ def build_row(task: Task, rng: random.Random, index: int, split: str) -> dict[st
         difficulty=level.difficulty,
         solutions=solutions,
         incorrect_solutions=incorrect,
+        bug_spans=bug_spans,
         time_limit=None if rng.random() < 0.02 else {"seconds": seconds, "nanos": 0},
         memory_limit_bytes=pick(rng, MEMORY_LIMITS),
         **cf,

@@ -122,8 +122,20 @@ def assemble_row(
     cf_tags: list[str],
     time_limit: dict[str, int] | None,
     memory_limit_bytes: int,
+    bug_spans: list[list[int] | None] | None = None,
 ) -> dict[str, Any]:
-    """One row with every field of the ``deepmind/code_contests`` card, in the card's order."""
+    """One row with every field of the ``deepmind/code_contests`` card, in the card's order.
+
+    ``bug_spans`` (one per incorrect solution: ``[start, end)`` characters where it departs
+    from its correct twin, or None) goes into ``incorrect_solutions["bug_span"]``, a field the
+    card does not have: the converter reads it when present (the real dataset has none)."""
+    incorrect = solutions_field(incorrect_solutions)
+    if bug_spans is not None:
+        if len(bug_spans) != len(incorrect_solutions):
+            raise ValueError(
+                f"{len(bug_spans)} bug spans for {len(incorrect_solutions)} incorrect solutions"
+            )
+        incorrect["bug_span"] = list(bug_spans)
     return {
         "name": name,
         "description": description,
@@ -133,7 +145,7 @@ def assemble_row(
         "source": source,
         "difficulty": difficulty,
         "solutions": solutions_field(solutions),
-        "incorrect_solutions": solutions_field(incorrect_solutions),
+        "incorrect_solutions": incorrect,
         "cf_contest_id": cf_contest_id,
         "cf_index": cf_index,
         "cf_points": cf_points,

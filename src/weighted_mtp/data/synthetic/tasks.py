@@ -119,11 +119,18 @@ _PROGRAM_CACHE: dict[tuple, str] = {}
 _PROGRAM_CACHE_SIZE = 200_000
 
 
-def _program(task: Task, core: str, rng: random.Random, bug: str | None = None) -> str:
+Choice = tuple[str, str, str]  # (read style, layout, print style)
+
+
+def _choices(task: Task, rng: random.Random) -> Choice:
     styles = READ_STYLES[:3] if task.family.line_based else READ_STYLES
     style = pick(rng, styles)
     layout = pick(rng, MULTI_LAYOUTS if task.multi else SINGLE_LAYOUTS)
-    print_style = pick(rng, PRINT_STYLES)
+    return style, layout, pick(rng, PRINT_STYLES)
+
+
+def _built(task: Task, core: str, choice: Choice, bug: str | None = None) -> str:
+    style, layout, print_style = choice
     key = (task.key, core, style, layout, print_style, bug)
     program = _PROGRAM_CACHE.get(key)
     if program is None:
@@ -143,10 +150,68 @@ def _program(task: Task, core: str, rng: random.Random, bug: str | None = None) 
     return program
 
 
+def _program(task: Task, core: str, rng: random.Random, bug: str | None = None) -> str:
+    return _built(task, core, _choices(task, rng), bug)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    # Binary search on slice equality: C-speed comparisons, log(n) of them.
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def departure_span(incorrect: str, correct: str) -> tuple[int, int] | None:
+    """``[start, end)``: the characters of ``incorrect`` where it departs from ``correct``.
+
+    ``start`` is the first character that differs (the common prefix ends there) and ``end``
+    where the common suffix begins, so ``incorrect[:start] == correct[:start]`` and the texts
+    after the span are equal. A pure deletion leaves nothing of ``incorrect`` between prefix
+    and suffix; the span is then the one character where it goes on differently. None when
+    ``incorrect`` is a prefix of ``correct`` (it departs only at its end)."""
+    start = _common_prefix(incorrect, correct)
+    if start == len(incorrect):
+        return None
+    room = min(len(incorrect), len(correct)) - start
+    suffix = _common_prefix(incorrect[::-1], correct[::-1])
+    end = len(incorrect) - min(suffix, room)
+    return start, max(end, start + 1)
+
+
+def twin_and_span(
+    task: Task, incorrect: str, choice: Choice, cores: list[str]
+) -> tuple[str, tuple[int, int]] | None:
+    """The incorrect program's correct twin and its :func:`departure_span`.
+
+    The twin is the correct program of the same task, read the same way (``choice``'s read
+    style), built from a correct core in any layout and print style, that differs from
+    ``incorrect`` on the shortest span: for a core bug the same program with the correct core
+    (``x >= K`` for ``x > K``), for an output-format bug the same core printed correctly."""
+    layouts = MULTI_LAYOUTS if task.multi else SINGLE_LAYOUTS
+    best: tuple[str, tuple[int, int]] | None = None
+    for core in cores:
+        for layout in layouts:
+            for print_style in PRINT_STYLES:
+                twin = _built(task, core, (choice[0], layout, print_style))
+                span = departure_span(incorrect, twin)
+                if span is not None and (
+                    best is None or span[1] - span[0] < best[1][1] - best[1][0]
+                ):
+                    best = (twin, span)
+    return best
+
+
 def draw_programs(
     task: Task, rng: random.Random
-) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-    """``(solutions, incorrect_solutions)`` as ``(language, source)`` pairs."""
+) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list[list[int] | None]]:
+    """``(solutions, incorrect_solutions, bug_spans)``: programs as ``(language, source)``
+    pairs, and for each incorrect one its :func:`departure_span` from its correct twin
+    (:func:`twin_and_span`) as ``[start, end]``, None for the Python 2 ones."""
     fam = task.family
     # Brute-force cores only meet the constraints of the easiest level.
     easiest = task.level.difficulty == min(LEVELS)
@@ -160,12 +225,23 @@ def draw_programs(
             correct.append(program)
         if len(correct) == n_correct:
             break
-    incorrect = [_program(task, bug, rng) for bug in fam.bugs]
+    built: list[tuple[str, Choice]] = []
+    for bug in fam.bugs:
+        choice = _choices(task, rng)
+        built.append((_built(task, bug, choice), choice))
     format_bugs = FORMAT_BUGS.get(fam.output, ())
     if task.multi:
         format_bugs = format_bugs + MULTI_FORMAT_BUGS.get(fam.output, ())
     if format_bugs and rng.random() < 0.6:
-        incorrect.append(_program(task, pick(rng, cores), rng, bug=pick(rng, format_bugs)))
+        # Drawn in the order the generator always drew them: core, bug, then the styles.
+        core, format_bug = pick(rng, cores), pick(rng, format_bugs)
+        choice = _choices(task, rng)
+        built.append((_built(task, core, choice, format_bug), choice))
+    incorrect = [program for program, _ in built]
+    spans: list[list[int] | None] = []
+    for program, choice in built:
+        found = twin_and_span(task, program, choice, cores)
+        spans.append(None if found is None else list(found[1]))
     solutions: list[tuple[int, Any]] = [(LANGUAGE_PYTHON3, p) for p in correct]
     wrong: list[tuple[int, Any]] = [(LANGUAGE_PYTHON3, p) for p in incorrect]
     # Some rows carry Python 2 programs, as the real dataset does, so that converters must
@@ -175,5 +251,7 @@ def draw_programs(
         solutions.insert(randint(rng, 0, len(solutions)), (LANGUAGE_PYTHON2, py2))
     if rng.random() < 0.05:
         py2 = build_python2_program(fam, task.params, pick(rng, fam.bugs), multi=task.multi)
-        wrong.insert(randint(rng, 0, len(wrong)), (LANGUAGE_PYTHON2, py2))
-    return solutions, wrong
+        at = randint(rng, 0, len(wrong))
+        wrong.insert(at, (LANGUAGE_PYTHON2, py2))
+        spans.insert(at, None)
+    return solutions, wrong, spans

@@ -22,15 +22,20 @@ from weighted_mtp.evaluation.comparison import (
     CONTRAST_COLUMNS,
     EXTRA_COLUMNS,
     INTERVAL_METHOD,
-    N_SEEDS,
     PRIMARY_DATASET,
     PRIMARY_K,
+    SEED_SPREAD_COLUMNS,
     ContrastResult,
+    SeedSpread,
     Verdict,
     compare,
     compare_contrasts,
+    group_seeds,
     per_metric_values,
+    pool_seeds,
+    seed_spread,
 )
+from weighted_mtp.evaluation.diagnostics import diagnose
 from weighted_mtp.evaluation.execution import check_completions
 from weighted_mtp.evaluation.problems import validate_problem
 from weighted_mtp.evaluation.prompts import complete_problems
@@ -183,6 +188,8 @@ def _verdict(
     params: EvaluationParams,
     per_metric: Mapping[tuple[str, int], Mapping[str, Mapping[str, float]]],
     contrasts: list[ContrastResult],
+    n_seeds: int,
+    spread: Sequence[SeedSpread],
 ) -> Verdict:
     primary = per_metric.get((PRIMARY_DATASET, PRIMARY_K), {})
     if not primary:
@@ -190,6 +197,7 @@ def _verdict(
             PRIMARY_DATASET,
             PRIMARY_K,
             {},
+            n_seeds=n_seeds,
             text=(
                 f"No verdict: the primary metric, {PRIMARY_DATASET} pass@{PRIMARY_K}, was not "
                 f"measured (add {PRIMARY_DATASET} to evaluation.datasets)."
@@ -202,49 +210,77 @@ def _verdict(
         k=PRIMARY_K,
         alpha=params.comparison.alpha,
         power=params.comparison.power,
-        n_seeds=N_SEEDS,
+        n_seeds=n_seeds,
+        spread=spread,
     )
 
 
 def compare_models(
-    canonical: dict[str, Any], params: EvaluationParams, **model_results: dict[str, Any]
-) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
-    """Collect every model's result and the canonical reference, test the pre-registered
-    contrasts (``evaluation.comparison``) and write the verdict on the primary metric
-    (:mod:`weighted_mtp.evaluation.comparison`).
+    canonical: dict[str, Any],
+    params: EvaluationParams,
+    diagnostics: Mapping[str, Mapping[str, Any]] | None = None,
+    **model_results: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, dict[str, float]]]:
+    """Collect every model's result and the canonical reference, pool each trained method's
+    seeds, test the pre-registered contrasts (``evaluation.comparison``) and write the verdict
+    on the primary metric (:mod:`weighted_mtp.evaluation.comparison`), with the training
+    diagnostics of the weighted methods (:mod:`weighted_mtp.evaluation.diagnostics`).
 
-    Returns the results document (JSON: ``models``, ``table``, ``contrasts`` with the task ids
-    each side alone solved, ``verdict``), the tidy pass@k table (with the Wilson ``ci_low``,
-    ``ci_high``, ``n_problems``, ``n_samples``), the contrasts table (``contrasts.csv``:
-    :data:`~weighted_mtp.evaluation.comparison.CONTRAST_COLUMNS` then
+    ``model_results``: ``{catalog name: result}``, seed ``s >= 2`` of a model as
+    ``seed_<s>.<model>`` (the pipeline's structure: ``experiment.seeds``); the run's
+    ``n_seeds`` is the most seeds any model has. ``diagnostics``: ``diagnose``'s output
+    (None: no weighted method's history was read).
+
+    Returns the results document (JSON: ``models`` (every seed's), ``table``, ``contrasts``
+    with the task ids each side alone solved, ``n_seeds``, ``seed_summary``, ``diagnostics``,
+    ``verdict``), the tidy pass@k table (one row per catalog name with ``method`` and ``seed``,
+    the Wilson ``ci_low``, ``ci_high``, ``n_problems``, ``n_samples``), the contrasts table
+    (``contrasts.csv``: :data:`~weighted_mtp.evaluation.comparison.CONTRAST_COLUMNS` then
     :data:`~weighted_mtp.evaluation.comparison.EXTRA_COLUMNS`, one row per contrast, dataset
-    and k) and the MLflow metrics ``{"<model>.<dataset>.pass_at_<k>": {"value", "step"}}``,
-    per difficulty ``<model>.<dataset>.difficulty_<d>.pass_at_<k>`` (plus mean generated
-    tokens and, with speculative decoding, acceptance rate and tokens per forward), and per
-    contrast ``contrast.<a>-<b>.<dataset>.pass_at_<k>.{diff,p_value,p_holm,mde}`` (a
-    non-finite MDE is not logged).
+    and k, on the seed means), the spread over seeds (``pass_at_k_seeds.csv``:
+    :data:`~weighted_mtp.evaluation.comparison.SEED_SPREAD_COLUMNS`, one row per model,
+    dataset and k) and the MLflow metrics ``{"<model>.<dataset>.pass_at_<k>": {"value",
+    "step"}}`` (``<model>`` the catalog name, so ``seed_2.baseline_model....``), per
+    difficulty ``<model>.<dataset>.difficulty_<d>.pass_at_<k>`` (plus mean generated tokens
+    and, with speculative decoding, acceptance rate and tokens per forward), per contrast
+    ``contrast.<a>-<b>.<dataset>.pass_at_<k>.{diff,p_value,p_holm,mde}`` (a non-finite MDE is
+    not logged) and, with several seeds, ``seeds.<model>.<dataset>.pass_at_<k>.{mean,sd,min,
+    max}``.
     """
-    if set(model_results) != set(params.models):
+    groups = group_seeds(model_results)
+    if set(groups) != set(params.models):
         raise ValueError(
             f"evaluation.models is {params.models} but the pipeline was built for "
-            f"{list(model_results)}: the model list is read when the pipeline is created "
-            "(pipelines/evaluation/pipeline.py); set it in parameters_evaluation.yml of the "
-            "environment the run uses (--env), not with --params"
+            f"{list(groups)}: the model list is read when the pipeline is created "
+            "(pipelines/evaluation/pipeline.py, with the seeds of experiment.seeds); set it "
+            "in parameters_evaluation.yml of the environment the run uses (--env) or with "
+            "--params, not in a pipeline built by hand for other models"
         )
-    results = {**{m: model_results[m] for m in params.models}, REFERENCE_MODEL: canonical}
+    n_seeds = max(len(seeds) for seeds in groups.values())
+    names = [name for model in params.models for name in groups[model].values()]
+    results = {**{name: model_results[name] for name in names}, REFERENCE_MODEL: canonical}
     rows = tidy_table(results)
     metrics: dict[str, dict[str, float]] = {}
     for row in rows:
         level = "" if is_missing(row["difficulty"]) else f".difficulty_{row['difficulty']}"
         key = f"{row['model']}.{row['dataset']}{level}.pass_at_{row['k']}"
         metrics[key] = {"value": float(row["pass_at_k"]), "step": 0}
-    for model in params.models:
-        for dataset, stats in model_results[model]["generation"].get("per_dataset", {}).items():
-            for name in ("mean_generated_tokens", "acceptance_rate", "tokens_per_forward"):
-                if name in stats:
-                    metrics[f"{model}.{dataset}.{name}"] = {"value": float(stats[name]), "step": 0}
+    for name in names:
+        for dataset, stats in model_results[name]["generation"].get("per_dataset", {}).items():
+            for stat in ("mean_generated_tokens", "acceptance_rate", "tokens_per_forward"):
+                if stat in stats:
+                    metrics[f"{name}.{dataset}.{stat}"] = {"value": float(stats[stat]), "step": 0}
     comparison = params.comparison
-    per_metric = per_metric_values({m: model_results[m]["summary"] for m in params.models})
+    per_seed = per_metric_values({name: model_results[name]["summary"] for name in names})
+    spread = seed_spread(per_seed)
+    for s in spread:
+        if s.n_seeds > 1:
+            for stat in ("mean", "sd", "min", "max"):
+                metrics[f"seeds.{s.model}.{s.dataset}.pass_at_{s.k}.{stat}"] = {
+                    "value": float(getattr(s, stat)),
+                    "step": 0,
+                }
+    per_metric = {metric: pool_seeds(values)[0] for metric, values in per_seed.items()}
     for a, b in params.untested_contrasts:
         logger.warning(
             "contrast %s-%s is not tested: evaluation.models %s does not include both",
@@ -259,7 +295,7 @@ def compare_models(
         power=comparison.power,
         n_permutations=comparison.n_permutations,
         seed=comparison.seed,
-        n_seeds=N_SEEDS,
+        n_seeds={model: len(seeds) for model, seeds in groups.items()},
     )
     for c in contrasts:
         prefix = f"contrast.{c.contrast}.{c.dataset}.pass_at_{c.k}"
@@ -267,25 +303,47 @@ def compare_models(
             value = float(getattr(c, name))
             if math.isfinite(value):
                 metrics[f"{prefix}.{name}"] = {"value": value, "step": 0}
-    verdict = _verdict(params, per_metric, contrasts)
+    verdict = _verdict(params, per_metric, contrasts, n_seeds, spread)
     if params.untested_contrasts:
         untested = ", ".join(f"{a}-{b}" for a, b in params.untested_contrasts)
         verdict = dataclasses.replace(
             verdict,
             text=f"{verdict.text} Not tested (a model not evaluated in this run): {untested}.",
         )
+    diagnostics = dict(diagnostics or {})
+    if diagnostics:
+        verdict = dataclasses.replace(
+            verdict,
+            text=f"{verdict.text} Training diagnostics: "
+            + " ".join(entry["sentence"] for entry in diagnostics.values()),
+        )
     logger.info("verdict: %s", verdict.text)
     document = {
         "ks": list(params.ks),
+        "n_seeds": n_seeds,
         "models": results,
         "table": rows,
         "contrasts": [dataclasses.asdict(c) for c in contrasts],
+        "seed_summary": [s.row() for s in spread],
+        "diagnostics": diagnostics,
         "verdict": verdict.to_dict(),
     }
     contrast_table = pd.DataFrame(
         [c.row() for c in contrasts], columns=[*CONTRAST_COLUMNS, *EXTRA_COLUMNS]
     )
-    return document, pd.DataFrame(rows), contrast_table, metrics
+    seed_table = pd.DataFrame([s.row() for s in spread], columns=list(SEED_SPREAD_COLUMNS))
+    return document, pd.DataFrame(rows), contrast_table, seed_table, metrics
+
+
+def diagnose_training(**histories: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The training diagnostics of the weighted methods' jobs among ``histories``
+    (``{job: <job>_training_history}``, seeds' jobs as ``seed_<s>.<method>``): whether the
+    critic beat chance, whether the TD weights were non-uniform, whether Rho-1's premise held
+    (:func:`weighted_mtp.evaluation.diagnostics.diagnose`; "not logged" for absent columns)."""
+    found = diagnose(histories)
+    for entry in found.values():
+        logger.info("training diagnostics: %s", entry["sentence"])
+    return found
 
 
 #: Function-completion datasets a model trained only on stdin/stdout programs has never seen.
@@ -296,13 +354,20 @@ NEAR_ZERO = 0.05
 def _notes(results: dict[str, Any], histories: Mapping[str, pd.DataFrame]) -> list[str]:
     models = results["models"]
     evaluated = [m for m in models if m != REFERENCE_MODEL]
+    n_seeds = int(results.get("n_seeds", 1))
     notes = [
         f"models: {', '.join(evaluated)}; '{REFERENCE_MODEL}' = the datasets' reference "
         "solutions through the same sandbox (one per problem: pass@1 only)",
         f"intervals: {int(CONFIDENCE * 100)}% {INTERVAL_METHOD}; counts of problems and "
         "samples are under each dataset in the chart and in the tables",
-        f"{N_SEEDS} fine-tuning seed per method: training variance is in no interval or test "
-        "here; they measure the sampling of problems only",
+        (
+            "1 fine-tuning seed per method: training variance is in no interval or test here; "
+            "they measure the sampling of problems only (experiment.seeds runs more)"
+            if n_seeds == 1
+            else f"{n_seeds} fine-tuning seeds per trained method (seed 1: <model>, seed s: "
+            "seed_<s>.<model>): the verdict's estimates and contrasts use each problem's mean "
+            "over seeds; the spread across seeds is in the seeds table, not in the intervals"
+        ),
     ]
     near_zero = [
         d
@@ -343,8 +408,8 @@ def _notes(results: dict[str, Any], histories: Mapping[str, pd.DataFrame]) -> li
 def render_report(results: dict[str, Any], **histories: pd.DataFrame) -> tuple[Figure, Figure, str]:
     """The pass@k chart (Wilson intervals; the canonical solutions' pass@1 as a note) with the
     pre-registered contrasts as differences with their intervals, the training curves of
-    ``histories`` (``{method: <method>_training_history}``) and the HTML page with the
-    verdict."""
+    ``histories`` (``{job: <job>_training_history}``) and the HTML page with the verdict,
+    the spread over seeds and the training diagnostics of ``results``."""
     contrasts = results.get("contrasts") or []
     pass_at_k = plot_pass_at_k(results["table"], contrasts=contrasts)
     training = plot_training_curves(histories)
@@ -356,5 +421,7 @@ def render_report(results: dict[str, Any], **histories: pd.DataFrame) -> tuple[F
         verdict=verdict,
         training_png=figure_png(training),
         contrasts=contrasts,
+        seed_summary=results.get("seed_summary") or [],
+        diagnostics=[e["sentence"] for e in (results.get("diagnostics") or {}).values()],
     )
     return pass_at_k, training, page

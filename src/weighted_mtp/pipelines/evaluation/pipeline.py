@@ -4,9 +4,12 @@ Which models are evaluated is structure, not a run-time knob: each model is a ca
 (a model directory) that its own sub-pipeline reads, and Kedro builds pipelines before it
 loads parameters. So ``create_pipeline`` takes the model names from ``evaluation.models`` in
 the project's parameters when the pipeline is created (base, overlaid by the environment the
-session was started with: ``--env``, recorded by ``weighted_mtp.hooks.SessionEnvironmentHook``,
-or ``KEDRO_ENV`` outside a session), or from ``create_pipeline(models=[...])``;
-``compare_models`` then checks at run time that the loaded ``params:evaluation`` agrees.
+session was started with and its ``--params``, recorded by
+``weighted_mtp.hooks.SessionEnvironmentHook``, or ``KEDRO_ENV`` outside a session), or from
+``create_pipeline(models=[...])``; ``compare_models`` then checks at run time that the loaded
+``params:evaluation`` agrees. With ``experiment.seeds = n`` every trained model is evaluated in
+each seed (``baseline_model``, ``seed_2.baseline_model``, ...; ``base_model`` once), and the
+comparison pools the seeds (:mod:`weighted_mtp.evaluation.comparison`).
 Adding ``verifiable_model`` to that list adds a sub-pipeline ``verifiable_model.*``, a point to
 the report and the critic's and verifiable's training curves (:data:`TRAINING_HISTORIES`),
 with no code change. Those histories are inputs of the report: ``kedro run --pipeline
@@ -16,15 +19,16 @@ stops the run at once otherwise, naming the pipeline to run first).
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from kedro.pipeline import Node, Pipeline
 
+from weighted_mtp.hooks import configured_parameters
 from weighted_mtp.pipelines.evaluation.nodes import (
     compare_models,
+    diagnose_training,
     execute_completions,
     generate_completions,
     render_report,
@@ -32,6 +36,8 @@ from weighted_mtp.pipelines.evaluation.nodes import (
     select_problems,
     summarise_model,
 )
+from weighted_mtp.pipelines.training_pipeline import configured_seeds
+from weighted_mtp.seeds import seeded_name, split_seed
 
 DEFAULT_MODELS = ("base_model",)
 #: The training histories the report draws beside an evaluated model: the jobs that made it
@@ -42,6 +48,7 @@ DEFAULT_MODELS = ("base_model",)
 TRAINING_HISTORIES = {
     "baseline_model": ("baseline",),
     "verifiable_model": ("critic", "verifiable"),
+    "verifiable_uniform_model": ("critic", "verifiable_uniform"),
     "rho1_model": ("rho1",),
 }
 # Evaluation-problem catalog entries, by the dataset name used in evaluation.datasets.
@@ -56,39 +63,34 @@ def configured_models(project_path: Path | None = None) -> list[str]:
     """``evaluation.models`` from the project's parameters, or :data:`DEFAULT_MODELS` when no
     configuration is found (e.g. the package used outside its project).
 
-    The environment is the one of the Kedro session that is building the pipelines (its
-    ``after_context_created`` hook runs before ``register_pipelines``): ``--env a100`` gives
+    The environment and ``--params`` are those of the Kedro session that is building the
+    pipelines (``weighted_mtp.hooks.configured_parameters``): ``--env a100`` gives
     conf/a100's list. Without a session of ``project_path`` (the package imported alone,
-    ``create_pipeline()`` in a test) it is ``KEDRO_ENV``.
+    ``create_pipeline()`` in a test) it is ``KEDRO_ENV``'s.
     """
-    from kedro.framework.project import settings
-
-    from weighted_mtp.hooks import session_config
-
-    session = session_config()
-    env = os.environ.get("KEDRO_ENV")
-    conf: Path | None = None
-    if session is not None and (
-        project_path is None or Path(project_path).resolve() == session.project_path
-    ):
-        conf, env = Path(session.conf_source), session.env
-    else:
-        start = (project_path or Path.cwd()).resolve()
-        for root in (start, *start.parents):
-            if (root / "pyproject.toml").is_file() and (root / settings.CONF_SOURCE).is_dir():
-                conf = root / settings.CONF_SOURCE
-                break
-    if conf is None or not conf.is_dir():
-        return list(DEFAULT_MODELS)
-    with warnings.catch_warnings():
-        # A second loader re-registers Kedro's resolvers; OmegaConf's deprecation notice about
-        # that was already shown by the session's own loader.
-        warnings.filterwarnings("ignore", message="register_new_resolver", category=UserWarning)
-        loader = settings.CONFIG_LOADER_CLASS(
-            conf_source=str(conf), env=env, **settings.CONFIG_LOADER_ARGS
-        )
-        models = loader["parameters"].get("evaluation", {}).get("models")
+    models = (configured_parameters(project_path).get("evaluation") or {}).get("models")
     return list(models) if models else list(DEFAULT_MODELS)
+
+
+def seeded_models(models: Sequence[str], seeds: int) -> list[str]:
+    """``models`` with every trained one (a key of :data:`TRAINING_HISTORIES`: made by this
+    project's method pipelines, so fine-tuned under each seed) followed by its seeds'
+    copies ``seed_<s>.<model>``, ``s = 2..seeds``; the others (``base_model``, a model from
+    elsewhere) once."""
+    out: list[str] = []
+    for name in models:
+        out.append(name)
+        if name in TRAINING_HISTORIES:
+            out.extend(seeded_name(name, s) for s in range(2, seeds + 1))
+    return out
+
+
+def model_histories(name: str) -> list[str]:
+    """The training jobs whose histories belong to catalog model ``name``
+    (:data:`TRAINING_HISTORIES`), in the model's seed: ``seed_2.verifiable_model`` ->
+    ``["seed_2.critic", "seed_2.verifiable"]``."""
+    model, seed = split_seed(name)
+    return [seeded_name(job, seed) for job in TRAINING_HISTORIES.get(model, ())]
 
 
 def model_pipeline() -> Pipeline:
@@ -129,16 +131,22 @@ def model_pipeline() -> Pipeline:
     )
 
 
-def create_pipeline(models: Sequence[str] | None = None, **kwargs: object) -> Pipeline:
-    """Problems -> canonical check; per model: generate -> execute -> summarise; then the
-    comparison (per-model table, the pre-registered contrasts of ``evaluation.comparison``,
-    the verdict), metrics and report (with the training histories of
+def create_pipeline(
+    models: Sequence[str] | None = None, seeds: int | None = None, **kwargs: object
+) -> Pipeline:
+    """Problems -> canonical check; per model: generate -> execute -> summarise; the training
+    diagnostics of the weighted methods; then the comparison (per-model table, the spread
+    over seeds, the pre-registered contrasts of ``evaluation.comparison`` on the seeds'
+    per-problem means, the verdict), metrics and report (with the training histories of
     :data:`TRAINING_HISTORIES`).
-    ``models``: catalog names (default :func:`configured_models`)."""
-    models = list(models) if models is not None else configured_models()
-    histories = list(
-        dict.fromkeys(method for name in models for method in TRAINING_HISTORIES.get(name, ()))
-    )
+
+    ``models``: catalog names (default :func:`configured_models`); ``seeds``: fine-tuning
+    seeds (default ``experiment.seeds``, read like the models: see
+    ``weighted_mtp.pipeline_registry``): every trained model is evaluated in every seed
+    (:func:`seeded_models`), ``base_model`` once."""
+    seeds = configured_seeds() if seeds is None else seeds
+    models = seeded_models(list(models) if models is not None else configured_models(), int(seeds))
+    histories = list(dict.fromkeys(job for name in models for job in model_histories(name)))
     shared = Pipeline(
         [
             Node(
@@ -174,36 +182,59 @@ def create_pipeline(models: Sequence[str] | None = None, **kwargs: object) -> Pi
         )
         for name in models
     ]
-    report = Pipeline(
-        [
-            Node(
-                compare_models,
-                inputs={
-                    "canonical": "canonical_evaluation_result",
-                    "params": "params:evaluation",
-                    **{name: f"{name}_evaluation_result" for name in models},
-                },
-                outputs=[
-                    "evaluation_results",
-                    "evaluation_table",
-                    "evaluation_contrasts",
-                    "evaluation_metrics",
-                ],
-                name="compare_models",
-            ),
-            Node(
-                render_report,
-                inputs={
-                    "results": "evaluation_results",
-                    **{method: f"{method}_training_history" for method in histories},
-                },
-                outputs=[
-                    "evaluation_report_png",
-                    "evaluation_training_png",
-                    "evaluation_report_html",
-                ],
-                name="render_evaluation_report",
-            ),
-        ]
-    )
+    with warnings.catch_warnings():
+        # seed_<s>.<model>_evaluation_result and seed_<s>.<job>_training_history are the
+        # outputs of namespaced pipelines (the seeds' copies), read here by their full
+        # names: the dots are Kedro's own namespacing, which its warning is about.
+        warnings.filterwarnings(
+            "ignore", message="One or more dataset names contain", category=UserWarning
+        )
+        # Only with histories: a node without inputs would run even with nothing to read.
+        diagnosed = (
+            [
+                Node(
+                    diagnose_training,
+                    inputs={job: f"{job}_training_history" for job in histories},
+                    outputs="training_diagnostics",
+                    name="diagnose_training",
+                )
+            ]
+            if histories
+            else []
+        )
+        report = Pipeline(
+            [
+                *diagnosed,
+                Node(
+                    compare_models,
+                    inputs={
+                        "canonical": "canonical_evaluation_result",
+                        "params": "params:evaluation",
+                        **({"diagnostics": "training_diagnostics"} if histories else {}),
+                        **{name: f"{name}_evaluation_result" for name in models},
+                    },
+                    outputs=[
+                        "evaluation_results",
+                        "evaluation_table",
+                        "evaluation_contrasts",
+                        "evaluation_seed_summary",
+                        "evaluation_metrics",
+                    ],
+                    name="compare_models",
+                ),
+                Node(
+                    render_report,
+                    inputs={
+                        "results": "evaluation_results",
+                        **{job: f"{job}_training_history" for job in histories},
+                    },
+                    outputs=[
+                        "evaluation_report_png",
+                        "evaluation_training_png",
+                        "evaluation_report_html",
+                    ],
+                    name="render_evaluation_report",
+                ),
+            ]
+        )
     return shared + sum(per_model, Pipeline([])) + report

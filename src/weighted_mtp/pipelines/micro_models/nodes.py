@@ -1,5 +1,6 @@
-"""Nodes of the micro_models pipeline: build randomly initialised micro models sized to the
-tokenizer's vocabulary and pretrain the MTP one into the embedded default's base model. Parameters arrive as the pydantic models of :mod:`.params` (Kedro
+"""Nodes of the micro_models pipeline: build a randomly initialised micro MTP model sized to the
+tokenizer's vocabulary, pretrain it into the embedded default's base model, and derive the
+Rho-1 reference from that base model. Parameters arrive as the pydantic models of :mod:`.params` (Kedro
 builds them from ``conf/base/parameters_micro_models.yml`` and validates them before anything
 runs).
 """
@@ -16,7 +17,9 @@ from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.model_io.loading import ModelDirectory
 from weighted_mtp.model_io.micro import build_micro_mtp, build_micro_reference
 from weighted_mtp.model_io.model_dir import ModelDirectoryContents
+from weighted_mtp.model_io.reference import causal_lm_from_mtp
 from weighted_mtp.models.args import ModelArgs
+from weighted_mtp.models.transformer import MTPTransformer
 from weighted_mtp.pipelines.micro_models.params import MicroMTPParams, MicroReferenceParams
 from weighted_mtp.pipelines.training_nodes import train_policy
 from weighted_mtp.training.config import PretrainParams
@@ -61,11 +64,34 @@ def build_micro_mtp_model(tokenizer: Tokenizer, params: MicroMTPParams) -> Model
 
 
 def build_micro_reference_model(
-    tokenizer: Tokenizer, params: MicroReferenceParams
+    tokenizer: Tokenizer, params: MicroReferenceParams, base_model: ModelDirectory
 ) -> tuple[nn.Module, Tokenizer]:
-    """A random micro ``LlamaForCausalLM`` (annotated ``nn.Module`` so that Kedro can read the
-    hints without importing transformers) with the tokenizer's vocabulary and special ids, and
-    the tokenizer to store beside it (``HFModelDirectoryDataset`` writes both)."""
+    """The micro Rho-1 reference, a ``LlamaForCausalLM`` (annotated ``nn.Module`` so that Kedro
+    can read the hints without importing transformers) with the tokenizer's vocabulary and
+    special ids, and the tokenizer to store beside it (``HFModelDirectoryDataset`` writes
+    both): ``base_model``'s trunk and head 0 (``params.init: base_model``) or a random model
+    (``init: random``)."""
+    special = {
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+    }
+    if params.init == "base_model":
+        policy = base_model.load()
+        assert isinstance(policy, MTPTransformer)
+        if policy.args.vocab_size != tokenizer.vocab_size:
+            raise ValueError(
+                f"{base_model.path}: vocab_size {policy.args.vocab_size} differs from the "
+                f"tokenizer's {tokenizer.vocab_size}; rebuild base_model with this tokenizer"
+            )
+        model = causal_lm_from_mtp(policy, **special)
+        logger.info(
+            "micro-ref: %s's trunk + head 0 as a %d-layer causal LM (%d parameters)",
+            base_model.path,
+            model.config.num_hidden_layers,
+            sum(p.numel() for p in model.parameters()),
+        )
+        return model, tokenizer
     model = build_micro_reference(
         tokenizer.vocab_size,
         dim=params.dim,
@@ -77,9 +103,7 @@ def build_micro_reference_model(
         rope_theta=params.rope_theta,
         norm_eps=params.norm_eps,
         seed=params.seed,
-        bos_token_id=tokenizer.bos_id,
-        eos_token_id=tokenizer.eos_id,
-        pad_token_id=tokenizer.pad_id,
+        **special,
     )
     logger.info(
         "micro-ref: %d parameters, vocab %d",

@@ -64,8 +64,17 @@ class MicroMTPParams(_Strict):
 
 
 class MicroReferenceParams(_Strict):
-    """Architecture of the micro Rho-1 reference (a ``LlamaForCausalLM``) and its init seed."""
+    """How the micro Rho-1 reference (a ``LlamaForCausalLM``) is made.
 
+    ``init: base_model`` (default): the pretrained base model's trunk and head 0 converted to a
+    ``LlamaForCausalLM`` (``model_io.reference.causal_lm_from_mtp``); the rho1 pipeline then
+    tunes it on correct solutions, so it starts where the policy starts and ends ahead of it
+    on those solutions, as Rho-1's reference is (the architecture fields below are unused).
+    ``init: random``: a random model of the architecture below, seeded (a reference weaker
+    than the policy: Rho-1's premise fails; kept for comparison).
+    """
+
+    init: Literal["base_model", "random"] = "base_model"
     dim: int = Field(128, ge=2)
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(4, ge=1)

@@ -10,7 +10,7 @@ from weighted_mtp.pipelines.training_pipeline import training_inputs
 
 def create_pipeline(**kwargs) -> Pipeline:
     """The micro_models pipeline: ``tokenizer`` -> ``micro_mtp_init`` -> (pretraining on the
-    training split) -> ``base_model``; ``tokenizer`` -> ``reference_model``."""
+    training split) -> ``base_model``; ``tokenizer`` + ``base_model`` -> ``reference_model``."""
     return Pipeline(
         [
             Node(
@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.build_micro_reference_model,
-                ["tokenizer", "params:micro_models.reference"],
+                ["tokenizer", "params:micro_models.reference", "base_model"],
                 "reference_model",
                 name="build_micro_reference_model",
             ),
