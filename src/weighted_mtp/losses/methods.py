@@ -37,6 +37,10 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _own_part(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return x, 0
+
+
 @dataclass
 class LossContext:
     """Step-level facts a micro-batch loss needs.
@@ -46,23 +50,22 @@ class LossContext:
             optimizer step (all micro-batches, all ranks).
         loss_scale: multiplies every loss (the world size: DDP/FSDP2 average gradients).
         n_micro: micro-batches in the step (gradient accumulation).
-        all_gather: concatenates a 1-D tensor across ranks.
+        all_gather: concatenates a 1-D tensor across ranks (rank order) and returns it with
+            the offset of this rank's part in it.
         all_reduce_sum: sums a tensor across ranks.
         chunk_size: rows of logits alive at once.
         micro_counts: ``[n_micro, n_heads]`` float64, each micro-batch's valid target tokens
             per head summed over ranks (``denominators`` is their sum); None = the step is one
             micro-batch (``denominators``). Rho-1 derives its step's kept counts from it.
-        rank: this process's rank (the position of its part in ``all_gather``'s result).
     """
 
     denominators: torch.Tensor
     loss_scale: float = 1.0
     n_micro: int = 1
-    all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity
+    all_gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] = _own_part
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _identity
     chunk_size: int = 1024
     micro_counts: torch.Tensor | None = None
-    rank: int = 0
 
 
 @dataclass
@@ -399,11 +402,8 @@ class Rho1Method(Method):
             local = excess[valid].contiguous()
             n_valid = valid.sum()
             metrics.add_mean(f"rho1/excess_loss_head_{k}", local.sum(), n_valid)
-            everyone = ctx.all_gather(local)
-            # Every rank gathers the sizes (a collective: all or none); rank 0's part starts
-            # at 0 without reading the device.
-            sizes = ctx.all_gather(torch.tensor([local.numel()], device=local.device))
-            offset = int(sizes[: ctx.rank].sum()) if ctx.rank else 0
+            # The gather knows where this rank's part starts (from the lengths it exchanges).
+            everyone, offset = ctx.all_gather(local)
             mine = exact_top_k(everyone, self.top_k)[offset : offset + local.numel()]
             keep = torch.zeros_like(valid)
             keep[valid] = mine

@@ -102,14 +102,15 @@ def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
     return t
 
 
-def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+def all_gather_cat_at(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate a 1-D tensor of any length across ranks (rank order), on ``tensor``'s
-    device.
+    device, and say where this rank's part starts in the result.
 
     The lengths reach the host once (one small transfer): the padded receive buffers need
-    them. Callers on the hot path pay that one sync per call."""
+    them, and the offset comes from the same read. Callers on the hot path pay that one sync
+    per call."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return tensor
+        return tensor, 0
     world = dist.get_world_size()
     local = tensor.detach().reshape(-1)
     size = torch.full((1,), local.numel(), dtype=torch.int64, device=local.device)
@@ -121,7 +122,13 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     padded[: local.numel()] = local
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:n] for p, n in zip(parts, lengths, strict=True)])
+    cat = torch.cat([p[:n] for p, n in zip(parts, lengths, strict=True)])
+    return cat, sum(lengths[: dist.get_rank()])
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """:func:`all_gather_cat_at` without the offset."""
+    return all_gather_cat_at(tensor)[0]
 
 
 def barrier() -> None:

@@ -494,14 +494,15 @@ class _Step:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _equal_all_gather(world_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _equal_all_gather(world_size: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, int]]:
     # Every rank of an estimate holds the same shapes: the gather is one all_gather_single
-    # of world_size equal parts (the loop's all_gather_cat pads to the longest, the same size).
-    def gather(t: torch.Tensor) -> torch.Tensor:
+    # of world_size equal parts (the loop's all_gather_cat_at pads to the longest, the same
+    # size), and this rank's part starts at rank * its length.
+    def gather(t: torch.Tensor) -> tuple[torch.Tensor, int]:
         local = t.detach().reshape(-1).contiguous()
         out = local.new_empty(world_size * local.numel())
         dist.all_gather_single(out, local)
-        return out
+        return out, dist.get_rank() * local.numel()
 
     return gather
 

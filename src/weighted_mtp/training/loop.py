@@ -41,6 +41,7 @@ from weighted_mtp.training.data_plan import DataPlan
 from weighted_mtp.training.distributed import (
     WorldInfo,
     all_gather_cat,
+    all_gather_cat_at,
     all_reduce_sum,
 )
 from weighted_mtp.training.optim import build_optimizer, lr_factor
@@ -180,11 +181,10 @@ def step_context(
         denominators=micro_counts.sum(0),
         loss_scale=float(world.world_size),
         n_micro=len(micro),
-        all_gather=all_gather_cat,
+        all_gather=all_gather_cat_at,
         all_reduce_sum=all_reduce_sum,
         chunk_size=chunk_size,
         micro_counts=micro_counts,
-        rank=world.rank,
     )
 
 
