@@ -1,7 +1,7 @@
 """The sandbox's helper process: isolates itself, forks the program, and supervises it.
 
-The evaluator (``sandbox._spawn_and_collect``) starts this file as a script, with the
-program's interpreter flags and environment, ``python -S -s -P -B sandbox_child.py PLAN``,
+The evaluator (``supervision._spawn_and_collect``) starts this file as a script, with the
+program's interpreter flags and environment, ``python -S -s -P -B child_process.py PLAN``,
 through a plain ``subprocess.Popen``: no ``preexec_fn``, which Python documents as unsafe
 in a multi-threaded process (the evaluator runs many programs from a thread pool). Being a
 fresh single-threaded interpreter, the helper may do anything between its own fork and the
