@@ -1,5 +1,6 @@
-"""Helpers shared by the model benchmarks: model-shape options, model construction, the
-project's MTP training step and a plain-PyTorch one, timing loops and peak-memory measurement.
+"""Helpers shared by the benchmarks: model-shape options, model construction, the project's
+MTP training step and a plain-PyTorch one, timing loops, peak-memory and CPU-time measurement,
+and the local servers (start, wait until they answer, stop) of the S3 benchmarks.
 
 Not a benchmark itself. The scripts import it as ``bench_common`` after putting their own folder
 on ``sys.path``, so ``python benchmarks/X.py`` works from any directory. torch, transformers
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -258,7 +260,8 @@ class Step:
             self.update()
 
 
-def _updater(module: torch.nn.Module, settings: OptimSettings) -> Callable[[], None]:
+def optimizer_update(module: torch.nn.Module, settings: OptimSettings) -> Callable[[], None]:
+    """The update half of a :class:`Step`: clip, AdamW (:func:`make_optimizer`), zero_grad."""
     import torch
 
     optimizer = make_optimizer(module, settings)
@@ -298,7 +301,7 @@ def module_step(
         loss.backward()
         return loss.detach()
 
-    return Step(forward_backward, _updater(module, settings))
+    return Step(forward_backward, optimizer_update(module, settings))
 
 
 def plain_step(
@@ -316,7 +319,7 @@ def plain_step(
         loss.backward()
         return loss.detach()
 
-    return Step(forward_backward, _updater(model, settings))
+    return Step(forward_backward, optimizer_update(model, settings))
 
 
 # --------------------------------------------------------------------------- memory
@@ -417,7 +420,39 @@ def measure_alternating(
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``): a local server's
+    share of the cores during a measurement."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------- local servers
+def start_server(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so :func:`stop_process_group` stops all of it), its
+    output appended to ``log``."""
+    with log.open("a") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_answers(
+    url: str, proc: subprocess.Popen, what: str, log: Path, timeout_s: float = 60
+) -> None:
+    """Poll ``url`` until it answers; fail with the tail of ``log`` if ``proc`` exits first or
+    ``timeout_s`` passes."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not answer within {timeout_s:.0f} s: {log.read_text()[-2000:]}")
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (for a server the benchmark starts)."""
     with socket.socket() as sock:

@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,25 +113,6 @@ def serve_proxy(port: int, upstream_port: int, delay_s: float) -> None:
     asyncio.run(main())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait(ready: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            if ready():
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not start within 60 s: {log.read_text()[-2000:]}")
-
-
 @contextlib.contextmanager
 def s3_endpoints(workdir: Path, latency_ms: float) -> Iterator[tuple[str, str, list[int]]]:
     """moto_server and the latency proxy in front of it; yields (direct URL, proxied URL,
@@ -141,37 +121,18 @@ def s3_endpoints(workdir: Path, latency_ms: float) -> Iterator[tuple[str, str, l
     log = workdir / "servers.log"
     procs: list[subprocess.Popen] = []
     try:
-        with log.open("w") as out:
-            procs.append(
-                subprocess.Popen(
-                    [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1"]
-                    + ["-p", str(moto_port)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1"]
+        procs.append(bench_common.start_server([*moto, "-p", str(moto_port)], log))
+        proxy = [sys.executable, __file__, "--serve-proxy"]
+        procs.append(
+            bench_common.start_server(
+                [*proxy, str(proxy_port), str(moto_port), str(latency_ms)], log
             )
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--serve-proxy"]
-                    + [str(proxy_port), str(moto_port), str(latency_ms)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+        )
         direct = f"http://127.0.0.1:{moto_port}"
         proxied = f"http://127.0.0.1:{proxy_port}"
-
-        def answers(url: str) -> Callable[[], bool]:
-            def check() -> bool:
-                with urllib.request.urlopen(url + "/moto-api/", timeout=2):
-                    return True
-
-            return check
-
-        _wait(answers(direct), procs[0], "moto_server", log)
-        _wait(answers(proxied), procs[1], "latency proxy", log)
+        bench_common.wait_until_answers(direct + "/moto-api/", procs[0], "moto_server", log)
+        bench_common.wait_until_answers(proxied + "/moto-api/", procs[1], "latency proxy", log)
         yield direct, proxied, [p.pid for p in procs]
     finally:
         for proc in reversed(procs):
@@ -317,7 +278,7 @@ def run_block(
         for s in steps:
             if s == 1:
                 client0 = time.process_time()
-                server0 = sum(cpu_seconds(pid) for pid in server_pids)
+                server0 = sum(bench_common.cpu_seconds(pid) for pid in server_pids)
             started = time.perf_counter()
             if mode == "memory":
                 prepared = memory[s]
@@ -333,7 +294,7 @@ def run_block(
                 block.waits.append(ready - started)
             seen.append(_digest(prepared))
         block.client_cpu = time.process_time() - client0
-        block.server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - server0
+        block.server_cpu = sum(bench_common.cpu_seconds(pid) for pid in server_pids) - server0
     finally:
         if prefetch is not None:
             prefetch.close()

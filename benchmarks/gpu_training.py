@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import inspect
 import json
 import math
 import shutil
@@ -504,12 +503,6 @@ def table(rows: list[dict], *, device: str, gpu: str | None, peak: float | None)
     return "\n".join(lines)
 
 
-def _checkpointing_wired() -> bool:
-    from weighted_mtp.training.parallelize import parallelize
-
-    return "activation_checkpointing" in inspect.signature(parallelize).parameters
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -559,11 +552,6 @@ def main(argv: list[str] | None = None) -> int:
     gpu, peak = (None, None)
     if opts.device == "cuda":
         gpu, peak = gpu_peak_flops()
-    if "blocks" in acs and not _checkpointing_wired():
-        print(
-            "note: training.parallelize.parallelize takes no activation_checkpointing in this "
-            "tree: the 'blocks' rows run without it"
-        )
 
     opts.out.mkdir(parents=True, exist_ok=True)
     scratch = opts.scratch or opts.out / "work"

@@ -2,40 +2,17 @@
 
     python benchmarks/sampling.py --rows 1000000 --s3-rows 250000
 
-1. Writes a ``--rows``-line training JSONL (about 1.2 KB a line, shaped like converted
-   CodeContests records, multi-byte UTF-8 included) and its metadata table (Parquet), the table
-   built while writing. Token counts in this synthetic table are byte-length estimates. The
-   sample is balanced (``sample_balanced``) and, by default, as sparse as the real stage-1
-   sample: 50,000 of 3.7M rows (1.35%).
-2. Local file, each path in its own fresh subprocess, so that each peak RSS is that path's own
-   (the child's ``VmHWM`` from ``/proc/self/status``, which starts at its exec):
-   - ours: read the metadata columns sampling needs, ``sample_balanced``, ``read_records``;
-   - stream: the same sample from the metadata, then one pass over the file line by line,
-     ``json.loads`` of the sampled lines only (the headline baseline);
-   - pandas: ``pandas.read_json(path, lines=True)``, then the same sample's rows
-     (``--no-pandas`` skips it: 55 s and 13 GiB at 1M rows).
-   The timed section starts after imports and ends with the list of record dicts, in sample
-   order; every path returns the same records (sha256 of their canonical JSON, checked).
-3. S3 (unless ``--s3-rows 0``): a second, ``--s3-rows``-line JSONL and its metadata go to an S3
-   endpoint this script starts on 127.0.0.1 (``moto_server`` from the moto package, with one
-   patch: a ranged GET reads only its range, as S3 does; unpatched moto reads the whole object
-   for every ranged GET). Both sides read the metadata from S3 and the records from the object:
-   - stream: one GET of the whole object, its body scanned as it arrives (1 MiB chunks split
-     on newlines), ``json.loads`` of the sampled lines only;
-   - ours: ``read_records`` on the ``s3://`` URL (ranged GETs, coalesced within the gap, run
-     concurrently by s3fs) at the default gap and at each ``--s3-gaps`` value.
-   Each reports the JSONL's GET requests and bytes received (``Content-Length`` of every
-   ``GetObject`` response, counted by a botocore hook in the child; for the stream, the bytes
-   read before the scan stopped) and the S3 server's CPU time during the child (from
-   ``/proc/<pid>/stat``: on real S3 that cost is not on your machine, here it shares the two
-   cores with the client). Then the same for one ``--s3-batch``-row micro-batch (what a
-   training step reads), at the default gap.
-4. Every side runs ``--repeats`` times, interleaved (pandas once), and the median is reported.
-   Prints one line per path and, last, the headline ratios against the streaming scan:
-   ``ratio stream/ours: local time X, peak_rss Y; s3 sample time Z, bytes W; s3 batch ...``.
-
-The local JSONL was just written, so every local path reads it from the page cache: that part
-compares parsing and memory, not disks. Results: ``docs/benchmarks/sampling.md``.
+Writes a ``--rows``-line CodeContests-shaped JSONL (about 1.2 KB a line) and its metadata
+table, draws a balanced sample as sparse as the real stage-1 one (1.35%), and reads it in fresh
+child processes with *ours* (``read_records`` at the sampled byte offsets), *stream* (one pass,
+``json.loads`` of the sampled lines only: the headline baseline) and *pandas*
+(``read_json(lines=True)`` + the sample's rows; ``--no-pandas`` skips it). Then the same on an S3
+endpoint started on 127.0.0.1 (moto_server, patched so that a ranged GET reads only its range),
+at the default gap and each ``--s3-gaps`` value, and for one ``--s3-batch``-row micro-batch,
+counting GETs and bytes. Every side runs ``--repeats`` times interleaved; medians are reported,
+every path must return the same records (sha256). Last line:
+``ratio stream/ours: local time X, peak_rss Y; s3 sample time Z, bytes W; s3 batch ...``.
+What each step does, and the results: ``docs/benchmarks/sampling.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -239,13 +215,9 @@ def _native(value):  # noqa: ANN001, ANN202 - numpy scalars that pandas may leav
 def _peak_rss_mb_self() -> float:
     """This process's peak RSS in MiB (Linux VmHWM), NaN where /proc is missing."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+        return bench_common.hwm_mib()
     except OSError:
-        pass
-    return float("nan")
+        return float("nan")
 
 
 class _GetCounter:
@@ -384,7 +356,7 @@ def run_child(which: str, jsonl: str, metadata: str, sample: int, seed: int, **e
     if extra.get("gap") is not None:
         cmd += ["--gap", str(extra["gap"])]
     server_pid = extra.get("server_pid")
-    cpu0 = _cpu_seconds(server_pid) if server_pid else 0.0
+    cpu0 = bench_common.cpu_seconds(server_pid) if server_pid else 0.0
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
     out = proc.stdout.read() if proc.stdout else b""
@@ -397,7 +369,7 @@ def run_child(which: str, jsonl: str, metadata: str, sample: int, seed: int, **e
     report = json.loads(out.decode().strip().splitlines()[-1])
     report["process_wall_s"] = wall
     report["client_cpu_s"] = usage.ru_utime + usage.ru_stime
-    report["server_cpu_s"] = _cpu_seconds(server_pid) - cpu0 if server_pid else 0.0
+    report["server_cpu_s"] = bench_common.cpu_seconds(server_pid) - cpu0 if server_pid else 0.0
     report["gap"] = extra.get("gap")
     # The child's own VmHWM counts from its exec. ru_maxrss of a forked child also counts the
     # parent's pages it shared before exec (the parent holds the generated data), so it serves
@@ -466,39 +438,14 @@ def serve_s3(port: int) -> None:
     moto_main(["-H", "127.0.0.1", "-p", str(port)])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
 def s3_endpoint(log: Path):  # noqa: ANN201
     """Start the patched moto_server on a free 127.0.0.1 port; yield (url, pid); stop it."""
     port = bench_common.free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-s3", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = bench_common.start_server([sys.executable, __file__, "--serve-s3", str(port)], log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"moto_server did not answer: {log.read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.3)
+        bench_common.wait_until_answers(url + "/moto-api/", proc, "moto_server", log)
         yield url, proc.pid
     finally:
         bench_common.stop_process_group(proc)

@@ -46,7 +46,8 @@ def _worker(way: str, model_dir: str, rank: int, world: int, port: int, strategy
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     from weighted_mtp.losses.methods import BaselineMethod
-    from weighted_mtp.model_io.loading import build_meta_model, load_model
+    from weighted_mtp.model_io.loading import load_model
+    from weighted_mtp.model_io.meta_model import build_meta_model
     from weighted_mtp.training.module import MTPTrainingModule
     from weighted_mtp.training.parallelize import parallelize
 

@@ -1,4 +1,4 @@
-"""One MTP training step: the project's (fused chunked loss) vs plain PyTorch, plus the methods.
+"""One MTP training step: the project's fused chunked loss vs torch's and plain PyTorch, + methods.
 
 Sides, all on the same model weights (same seed) and the same batch, in one process:
 
@@ -11,6 +11,14 @@ Sides, all on the same model weights (same seed) and the same batch, in one proc
   (``bench_common.PLAIN_VARIANTS``); each is a side and the last line compares against the
   best plain figure of each metric. Default ``flat,heads``: ``flat`` was the fastest and
   ``heads`` the leanest of the three in our runs (``slices``, the literal port, lost both);
+- ``torch[none]``: the same module's hidden states per head (``head_hiddens``), and per head
+  ``torch.nn.functional.linear_cross_entropy(rows, W, targets, reduction="none",
+  options=LinearCrossEntropyOptions(batch_chunk_size=--chunk))`` on the head's valid rows,
+  multiplied by per-token weights (ones: the baseline's; TD weights or Rho-1's kept tokens go
+  there) and divided by the head's count; one backward, the same clip + AdamW. This is what the
+  weighted methods would need from torch's loss (per-token losses);
+- ``torch[sum]``: the same with ``reduction="sum"`` (no per-token weights: the baseline only).
+  ``--torch`` lists the variants (``TORCH_VARIANTS``);
 - ``verifiable``: ``VerifiableMethod()`` with a ``ValueHead`` (``is_correct`` alternates);
 - ``rho1``: ``Rho1Method`` whose reference is a micro ``LlamaForCausalLM`` (``--ref-dim 128``,
   ``--ref-layers 2``, same vocabulary), built as ``training/worker.py`` builds it; its forward
@@ -19,8 +27,8 @@ Sides, all on the same model weights (same seed) and the same batch, in one proc
   compared with baseline + one reference forward.
 
 Before timing, two checks: on a tiny float64 model, the loss and every parameter gradient of
-``ours`` and of each plain variant agree to ~1e-15; at the benchmark shape (float32, the first
-warm-up step, identical weights) ``ours`` and plain agree to float32 rounding. The script stops
+``ours`` and of each plain and torch variant agree to ~1e-15; at the benchmark shape (float32,
+the first warm-up step, identical weights) they agree to float32 rounding. The script stops
 if either fails.
 
 Timing: one warm-up round, then ``--steps`` rounds; a round runs every side once in turn, so
@@ -53,8 +61,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.nn import LinearCrossEntropyOptions
 
-from weighted_mtp.alignment import IGNORE_INDEX, shift_labels
+from weighted_mtp.alignment import IGNORE_INDEX, head_view, shift_labels
 from weighted_mtp.losses.methods import (
     BaselineMethod,
     Rho1Method,
@@ -77,6 +87,7 @@ from bench_common import (  # noqa: E402
     malloc_trim,
     measure_alternating,
     module_step,
+    optimizer_update,
     peak_rss_mib,
     plain_step,
     reset_peak_rss,
@@ -86,10 +97,75 @@ from bench_common import (  # noqa: E402
 
 OURS = "ours"
 METHOD_SIDES = ("verifiable", "rho1", "reference")
+TORCH_VARIANTS = ("none", "sum")
 
 
 def plain_name(variant: str) -> str:
     return f"plain[{variant}]"
+
+
+def torch_name(variant: str) -> str:
+    return f"torch[{variant}]"
+
+
+def is_baseline_side(name: str) -> bool:
+    """The sides that compute the baseline loss (compared with ``ours`` in the checks)."""
+    return name == OURS or name.startswith(("plain[", "torch["))
+
+
+def torch_mtp_loss(
+    module: MTPTrainingModule,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    reduction: str,
+    chunk_size: int,
+) -> torch.Tensor:
+    """The baseline MTP loss through ``torch.nn.functional.linear_cross_entropy``, head by head
+    on the head's valid rows (as ``losses/mtp.py`` gathers them), chunked to ``chunk_size``
+    rows. ``reduction="none"``: per-token losses times per-token weights (ones here), the form
+    the weighted methods need; ``"sum"``: torch's scalar path, which takes no per-token
+    weights."""
+    options = LinearCrossEntropyOptions(batch_chunk_size=chunk_size)
+    weight = module.output_weight()
+    mask = targets != IGNORE_INDEX
+    seqlen = targets.shape[1]
+    loss = torch.zeros(
+        (), dtype=torch.promote_types(weight.dtype, torch.float32), device=weight.device
+    )
+    for k, hidden in enumerate(module.head_hiddens(tokens)):
+        valid = head_view(mask, k)
+        rows = hidden[:, : seqlen - k][valid]
+        head_targets = head_view(targets, k)[valid]
+        ce = F.linear_cross_entropy(
+            rows, weight, head_targets, reduction=reduction, options=options
+        )
+        if reduction == "none":
+            token_weights = torch.ones_like(ce)
+            ce = (ce * token_weights).sum()
+        loss = loss + ce / len(head_targets)
+    return loss
+
+
+def torch_step(
+    module: MTPTrainingModule,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    variant: str,
+    chunk_size: int,
+    settings: OptimSettings,
+) -> Step:
+    """:func:`torch_mtp_loss`, one backward, the same clip + AdamW as ``module_step``."""
+    if variant not in TORCH_VARIANTS:
+        raise ValueError(f"unknown torch variant {variant!r}; one of {TORCH_VARIANTS}")
+
+    def forward_backward() -> torch.Tensor:
+        loss = torch_mtp_loss(module, tokens, targets, reduction=variant, chunk_size=chunk_size)
+        loss.backward()
+        return loss.detach()
+
+    return Step(forward_backward, optimizer_update(module, settings))
 
 
 def make_batch(
@@ -156,6 +232,9 @@ class Sides:
             return plain_step(
                 self.model(name), tokens, targets, variant=variant, settings=self.settings
             )
+        if name.startswith("torch["):
+            module = MTPTrainingModule(self.model(name), None, BaselineMethod())
+            return torch_step(module, tokens, targets, variant=name[len("torch[") : -1], **common)
         if name == "verifiable":
             model = self.model(name)
             torch.manual_seed(opts.seed + 1)
@@ -184,9 +263,9 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     )
 
 
-def check_float64(variants: list[str]) -> bool:
+def check_float64(variants: list[str], torch_variants: list[str]) -> bool:
     """Tiny float64 model (chunking exercised): the project's loss and gradients against each
-    plain variant's."""
+    plain and torch variant's."""
     torch.manual_seed(0)
     args = ModelArgs(
         dim=64,
@@ -205,30 +284,35 @@ def check_float64(variants: list[str]) -> bool:
     loss = float(ours.forward_backward())
     grads = grads_of(model)
     model.zero_grad(set_to_none=True)
+    others = {plain_name(v): plain_step(model, tokens, targets, variant=v) for v in variants}
+    for variant in torch_variants:
+        module = MTPTrainingModule(model, None, BaselineMethod())
+        others[torch_name(variant)] = torch_step(
+            module, tokens, targets, variant=variant, chunk_size=16, settings=OptimSettings()
+        )
     ok = True
-    for variant in variants:
-        plain = plain_step(model, tokens, targets, variant=variant)
-        other = float(plain.forward_backward())
+    for name, step in others.items():
+        other = float(step.forward_backward())
         diff = max_rel_diff(grads, grads_of(model))
         model.zero_grad(set_to_none=True)
         good = abs(loss - other) <= 1e-12 * abs(loss) and diff <= 1e-10
         ok &= good
         print(
             f"check float64 (dim 64, 2+4 blocks, vocab 512, 2x48, chunk 16) ours vs "
-            f"{plain_name(variant)}: loss {loss:.15f} vs {other:.15f}, max relative gradient "
+            f"{name}: loss {loss:.15f} vs {other:.15f}, max relative gradient "
             f"difference {diff:.1e}: {'ok' if good else 'MISMATCH'}"
         )
     return ok
 
 
 def warm_up_and_check(steps: dict[str, Step], models: dict[str, MTPTransformer]) -> bool:
-    """The first warm-up round. ``ours`` and the plain sides still share their initial weights
-    here, so their losses and gradients (before the update) are compared."""
+    """The first warm-up round. ``ours``, the plain and the torch sides still share their initial
+    weights here, so their losses and gradients (before the update) are compared."""
     losses: dict[str, float] = {}
     grads: dict[str, dict[str, torch.Tensor]] = {}
     for name, step in steps.items():
         loss = step.forward_backward()
-        if name == OURS or name.startswith("plain["):
+        if is_baseline_side(name):
             losses[name] = float(loss)
             grads[name] = grads_of(models[name])
         if step.update is not None:
@@ -250,7 +334,7 @@ def warm_up_and_check(steps: dict[str, Step], models: dict[str, MTPTransformer])
 
 
 def side_names(opts: argparse.Namespace) -> list[str]:
-    names = [OURS, *(plain_name(v) for v in opts.plain)]
+    names = [OURS, *(torch_name(v) for v in opts.torch), *(plain_name(v) for v in opts.plain)]
     if opts.methods:
         names += list(METHOD_SIDES)
     return names
@@ -290,6 +374,13 @@ def parse_args() -> argparse.Namespace:
         help=f"comma-separated plain variants among {','.join(PLAIN_VARIANTS)}",
     )
     parser.add_argument(
+        "--torch",
+        type=lambda s: [v for v in s.split(",") if v],
+        default=list(TORCH_VARIANTS),
+        help=f"comma-separated torch.nn.functional.linear_cross_entropy variants among "
+        f"{','.join(TORCH_VARIANTS)} ('' for none)",
+    )
+    parser.add_argument(
         "--methods",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -308,6 +399,9 @@ def parse_args() -> argparse.Namespace:
     for variant in opts.plain:
         if variant not in PLAIN_VARIANTS:
             parser.error(f"--plain: unknown variant {variant!r} (one of {PLAIN_VARIANTS})")
+    for variant in opts.torch:
+        if variant not in TORCH_VARIANTS:
+            parser.error(f"--torch: unknown variant {variant!r} (one of {TORCH_VARIANTS})")
     if opts.warmup < 1:
         parser.error("--warmup must be >= 1 (the first warm-up step is the float32 check)")
     if not 0 <= opts.prompt < opts.seq - opts.future:
@@ -342,10 +436,10 @@ def main() -> None:
         f"tokens/s = valid target tokens of head 0 per second: {n_tokens} per step "
         f"({opts.batch} x ({opts.seq} - {opts.prompt}))"
     )
-    ok = check_float64(opts.plain)
+    ok = check_float64(opts.plain, opts.torch)
     ok &= warm_up_and_check(steps, sides.models)
     if not ok:
-        raise SystemExit("the project's loss and the plain loss disagree")
+        raise SystemExit("the project's loss and another side's disagree")
 
     samples = measure_alternating(
         steps, warmup=opts.warmup - 1, steps=opts.steps, memory=opts.memory == "inprocess"
@@ -361,6 +455,16 @@ def main() -> None:
 
     report(opts, names, samples, peaks, n_tokens, how)
     print(f"wall time {time.perf_counter() - started:.0f} s")
+    ours_peak = peaks[OURS]
+    for variant in opts.torch:
+        name = torch_name(variant)
+        speed = samples[OURS].median_s / samples[name].median_s
+        memory = "n/a" if ours_peak is None else f"{peaks[name] / ours_peak:.2f}"  # type: ignore[operator]
+        print(
+            f"ratio {name}/ours: tokens_per_s {speed:.2f}, peak_memory {memory} "
+            f"(torch's replaces ours at tokens_per_s >= 0.95 and peak_memory <= 1.05"
+            f"{', with per-token weights' if variant == 'none' else ', but takes no per-token weights'})"
+        )
     best_plain_s = min(samples[plain_name(v)].median_s for v in opts.plain)
     ours_s = samples[OURS].median_s
     peak_ratio = "n/a"

@@ -122,24 +122,61 @@ def test_hand_offs_between_pipelines_are_edges(graph: dict[str, Any]):
     edges = _edges(graph)
     expected = {
         # data_engineering -> micro_models -> training
-        ("tokenizer", "build_micro_mtp_model"),
-        ("base_model", "train_baseline"),
-        ("codecontests_train_metadata", "train_critic"),
+        ("tokenizer", "micro_models.build_micro_mtp_model"),
+        ("base_model", "baseline.train_baseline"),
+        ("codecontests_train_metadata", "critic.train_critic"),
         # critic -> verifiable
-        ("train_critic", "critic_model"),
-        ("critic_model", "train_verifiable"),
-        ("critic_model", "train_verifiable_uniform"),
+        ("critic.train_critic", "critic_model"),
+        ("critic_model", "verifiable.train_verifiable"),
+        ("critic_model", "verifiable_uniform.train_verifiable_uniform"),
         # rho1's reference tuning
-        ("reference_model", "tune_reference"),
-        ("tune_reference", "tuned_reference_model"),
-        ("tuned_reference_model", "train_rho1"),
+        ("reference_model", "rho1.tune_reference"),
+        ("rho1.tune_reference", "tuned_reference_model"),
+        ("tuned_reference_model", "rho1.train_rho1"),
         # every trained model is evaluated, then compared
-        ("verifiable_model", "verifiable_model.generate_completions"),
-        ("rho1_model", "rho1_model.generate_completions"),
-        ("baseline_model", "baseline_model.generate_completions"),
-        ("baseline_model_evaluation_result", "compare_models"),
+        ("verifiable_model", "evaluation.verifiable_model.generate_completions"),
+        ("rho1_model", "evaluation.rho1_model.generate_completions"),
+        ("baseline_model", "evaluation.baseline_model.generate_completions"),
+        ("baseline_model_evaluation_result", "report.compare_models"),
     }
     assert expected - edges == set()
+
+
+#: The boxes `kedro viz` opens on: one per pipeline, the evaluation's report apart.
+FIRST_VIEW_BOXES = {*DEFAULT_PIPELINES, "report"}
+
+
+@pytest.mark.slow
+def test_every_pipeline_is_one_box_and_every_known_name_stays(graph: dict[str, Any]):
+    tree = graph["modular_pipelines"]
+    names = _names(graph)
+    top = {c["id"] for c in tree["__root__"]["children"] if c["type"] == "modularPipeline"}
+    assert top == FIRST_VIEW_BOXES
+    # Each evaluated model (conf/base's evaluation.models) is a box inside evaluation.
+    evaluated = yaml.safe_load(
+        (PROJECT / "conf" / "base" / "parameters_evaluation.yml").read_text(encoding="utf-8")
+    )["evaluation"]["models"]
+    inner = {c["id"] for c in tree["evaluation"]["children"] if c["type"] == "modularPipeline"}
+    assert inner == {f"evaluation.{m}" for m in evaluated}
+    assert "evaluation.rho1_model" in inner
+    # The catalog names users know sit between the boxes, unprefixed.
+    between = {names[c["id"]] for c in tree["__root__"]["children"] if c["type"] == "data"}
+    assert {
+        "tokenizer",
+        "base_model",
+        "baseline_model",
+        "critic_model",
+        "verifiable_model",
+        "verifiable_uniform_model",
+        "rho1_model",
+        "baseline_training_history",
+        "critic_training_history",
+        "evaluation_report_html",
+    } <= between
+    # The selected problems stay inside the evaluation box.
+    assert "evaluation_problems" not in between
+    children = {names.get(c["id"], c["id"]) for c in tree["evaluation"]["children"]}
+    assert "evaluation_problems" in children
 
 
 @pytest.fixture(scope="module")
@@ -155,20 +192,41 @@ def rendered(site: Path) -> Any:
 
 
 @pytest.mark.slow
-def test_chromium_draws_the_graph_with_our_names_offline(rendered: Any):
-    drawn = set(re.findall(r'class="pipeline-node__text"[^>]*>([^<]+)<', rendered.dom))
+def test_chromium_opens_on_a_handful_of_boxes_offline(rendered: Any, graph: dict[str, Any]):
+    dom = rendered.dom
+    by_type: dict[str, set[str]] = {}
+    for node_type, name in re.findall(r'data-node-type="(\w+)" data-node-fullname="([^"]+)"', dom):
+        by_type.setdefault(node_type, set()).add(name)
+    # The first view: one box per pipeline (collapsed), no node of any pipeline.
+    assert by_type.get("modularPipeline") == FIRST_VIEW_BOXES, sorted(by_type)
+    assert "task" not in by_type, sorted(by_type.get("task", ()))
+    labels = set(re.findall(r'class="pipeline-node__text"[^>]*>([^<]+)<', dom))
     assert {
-        "train_baseline",
-        "train_critic",
-        "train_verifiable",
-        "tune_reference",
-        "train_rho1",
-        "generate_completions",
-        "compare_models",
+        *FIRST_VIEW_BOXES,
+        "base_model",
+        "baseline_model",
         "critic_model",
-        "tuned_reference_model",
-    } <= drawn, sorted(drawn)
-    bands = set(re.findall(r'data-id="layer-label--([a-z_]+)"', rendered.dom))
+        "verifiable_model",
+        "verifiable_uniform_model",
+        "rho1_model",
+        "tokenizer",
+        "rho1_training_history",
+    } <= labels, sorted(labels)
+    assert "evaluation_problems" not in labels  # inside the evaluation box
+    # tokenizer: one edge per box that reads it, and the one from data_engineering.
+    tokenizer = next(n["id"] for n in graph["nodes"] if n["name"] == "tokenizer")
+    edges = re.findall(r'<g data-id="([^"|]+)\|([^"]+)" class="pipeline-edge"', dom)
+    assert {t for s, t in edges if s == tokenizer} == {
+        "micro_models",
+        "baseline",
+        "critic",
+        "verifiable",
+        "verifiable_uniform",
+        "rho1",
+        "evaluation",
+    }
+    assert {s for s, t in edges if t == tokenizer} == {"data_engineering"}
+    bands = set(re.findall(r'data-id="layer-label--([a-z_]+)"', dom))
     assert {"raw", "model_input", "models", "model_output", "reporting"} <= bands
     # Only the web font may be asked for elsewhere (the page falls back to a local font).
     assert rendered.unexpected_requests == []

@@ -333,11 +333,14 @@ def render(
     screenshot: Path | None = None,
     window: tuple[int, int] = (1600, 1000),
     timeout_s: float = 180,
+    expand_all: bool = False,
 ) -> Rendered:
-    """Load the built site from 127.0.0.1 in headless Chromium with :data:`VIEW_SETTINGS` and
-    every modular pipeline expanded, and wait until the graph is drawn and still; returns the
-    DOM and the page's requests to other hosts, and writes a PNG of the window to
-    ``screenshot`` if given.
+    """Load the built site from 127.0.0.1 in headless Chromium with :data:`VIEW_SETTINGS`, and
+    wait until the graph is drawn and still; returns the DOM and the page's requests to other
+    hosts, and writes a PNG of the window to ``screenshot`` if given.
+
+    The view is the one ``kedro viz`` opens on: every modular pipeline (namespace) a collapsed
+    box; ``expand_all`` opens every box (``?expandAllPipelines=true``).
 
     Raises:
         RuntimeError: Chromium failed, or the graph was not drawn within ``timeout_s``.
@@ -361,7 +364,8 @@ def render(
                     "the view settings were not stored",
                     30,
                 )
-                devtools.call("Page.navigate", url=base + "/?expandAllPipelines=true")
+                query = "?expandAllPipelines=true" if expand_all else ""
+                devtools.call("Page.navigate", url=f"{base}/{query}")
                 states: list[str] = []
 
                 def settled() -> bool:
@@ -404,11 +408,19 @@ def main(argv: list[str] | None = None) -> int:
         "--build-dir", type=Path, help="an existing `kedro viz build` output (default: build it)"
     )
     parser.add_argument("--output", type=Path, default=PROJECT / "docs" / "images" / "lineage.png")
-    parser.add_argument("--width", type=int, default=2200)
-    parser.add_argument("--height", type=int, default=2600)
+    parser.add_argument("--width", type=int, default=1900)
+    parser.add_argument("--height", type=int, default=1800)
+    parser.add_argument(
+        "--expand-all", action="store_true", help="open every box (default: the first view)"
+    )
     args = parser.parse_args(argv)
     site = args.build_dir or build_viz(args.project)
-    rendered = render(site, screenshot=args.output, window=(args.width, args.height))
+    rendered = render(
+        site,
+        screenshot=args.output,
+        window=(args.width, args.height),
+        expand_all=args.expand_all,
+    )
     print(f"wrote {args.output} ({args.width}x{args.height})")
     if rendered.unexpected_requests:
         print(f"the page asked other hosts for: {rendered.unexpected_requests}", file=sys.stderr)

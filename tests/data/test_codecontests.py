@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from weighted_mtp.data.codecontests import (
+from weighted_mtp.data.codecontests import convert_codecontests
+from weighted_mtp.data.codecontests_numbering import (
     CANONICAL_DIFFICULTY,
     DIFFICULTIES_PROTO,
-    convert_codecontests,
     detect_numbering,
 )
 from weighted_mtp.data.errors import RecordError, UnknownEnumError

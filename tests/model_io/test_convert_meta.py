@@ -13,9 +13,9 @@ import sentencepiece as spm
 import torch
 
 from tests.model_fixtures import train_sentencepiece
+from weighted_mtp.model_io import load_model
 from weighted_mtp.model_io.convert_meta import main, parse_size
 from weighted_mtp.model_io.model_dir import INDEX_FILE, read_metadata
-from weighted_mtp.models import load_model
 from weighted_mtp.models.args import ModelArgs
 from weighted_mtp.models.transformer import MTPTransformer
 
@@ -95,7 +95,7 @@ def test_cli_converts_and_logits_are_identical(tmp_path, reference, tokenizer_mo
     src = write_release(tmp_path / "7B_1T_4", reference.state_dict(), tokenizer_model)
     dst = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "weighted_mtp.models.convert_meta", str(src), str(dst)],
+        [sys.executable, "-m", "weighted_mtp.model_io.convert_meta", str(src), str(dst)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -113,13 +113,9 @@ def test_cli_converts_and_logits_are_identical(tmp_path, reference, tokenizer_mo
     assert sp.get_piece_size() == 48
 
 
-# The old module path is a shim kept for README/conf commands and users' scripts.
-@pytest.mark.parametrize(
-    "module", ["weighted_mtp.model_io.convert_meta", "weighted_mtp.models.convert_meta"]
-)
-def test_help(module: str) -> None:
+def test_help() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
+        [sys.executable, "-m", "weighted_mtp.model_io.convert_meta", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

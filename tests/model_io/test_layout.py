@@ -3,6 +3,7 @@ the other to be imported first."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ import pytest
 )
 def test_import_order_has_no_cycle(code: str) -> None:
     # A fresh interpreter: in this process every module is already imported.
-    check = "from weighted_mtp.models import load_model; print(load_model.__module__)"
+    check = "from weighted_mtp.model_io import load_model; print(load_model.__module__)"
     proc = subprocess.run(
         [sys.executable, "-c", f"{code}; {check}"], capture_output=True, text=True, timeout=120
     )
@@ -30,8 +31,8 @@ def test_import_order_has_no_cycle(code: str) -> None:
 
 
 def test_public_model_names() -> None:
-    from weighted_mtp import models
-    from weighted_mtp.model_io import loading
+    from weighted_mtp import model_io, models
+    from weighted_mtp.model_io import from_pretrained, load_model, loading
     from weighted_mtp.models import (  # noqa: F401 - the import is the test
         KVCache,
         ModelArgs,
@@ -42,10 +43,19 @@ def test_public_model_names() -> None:
         ValueHead,
         apply_rope,
         debug_args,
-        load_model,
         rope_tables,
     )
 
-    assert load_model is loading.load_model is loading.from_pretrained
+    assert load_model is from_pretrained is loading.load_model is loading.from_pretrained
     with pytest.raises(AttributeError, match="no_such_name"):
         _ = models.no_such_name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = model_io.no_such_name
+
+
+def test_no_shims_left() -> None:
+    # The entry points live in model_io only (docs/contracts.md): no second path to keep alive.
+    from weighted_mtp import models
+
+    assert not hasattr(models, "load_model")
+    assert importlib.util.find_spec("weighted_mtp.models.convert_meta") is None

@@ -17,7 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tests.model_fixtures import tiny_args, tiny_model
 from weighted_mtp.datasets import ModelDirectoryDataset
 from weighted_mtp.model_io.hf_config import args_from_hf_config
-from weighted_mtp.model_io.loading import ModelDirectory, build_meta_model, read_model_args
+from weighted_mtp.model_io import load_model
+from weighted_mtp.model_io.loading import ModelDirectory, read_model_args
+from weighted_mtp.model_io.meta_model import build_meta_model
 from weighted_mtp.model_io.model_dir import (
     MissingKeyError,
     ModelDirectoryContents,
@@ -27,7 +29,6 @@ from weighted_mtp.model_io.model_dir import (
     read_metadata,
     save_model_dir,
 )
-from weighted_mtp.models import load_model
 from weighted_mtp.models.args import ModelArgs, ModelArgsError
 from weighted_mtp.models.transformer import MTPTransformer
 from weighted_mtp.models.value_head import ValueHead

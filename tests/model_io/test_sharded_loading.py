@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 from tests.conftest import free_port
 from tests.model_fixtures import tiny_args, tiny_model
-from weighted_mtp.model_io.loading import build_meta_model
+from weighted_mtp.model_io import load_model
+from weighted_mtp.model_io.meta_model import build_meta_model
 from weighted_mtp.model_io.model_dir import (
     ModelDirectoryError,
     local_model_dir,
@@ -32,7 +33,6 @@ from weighted_mtp.model_io.model_dir import (
     save_model_dir,
 )
 from weighted_mtp.model_io.weight_reader import SafetensorsRows
-from weighted_mtp.models import load_model
 from weighted_mtp.models.value_head import ValueHead
 
 TOKENIZER = b"sentencepiece bytes"
@@ -227,11 +227,9 @@ def _check_layout(layout: str, model_dir: Path, out: Path, strategy: str) -> Non
     if layout == "meta_fp32_fresh_head":  # the critic's start: seeded, not the global RNG's
         torch.manual_seed(SEED)
         fresh = ValueHead(ref_model.args.dim)
-        expected["value_head.weight"] = fresh.weight
-        expected["value_head.bias"] = fresh.bias
+        expected.update({f"value_head.{k}": v for k, v in fresh.state_dict().items()})
     elif ref_head is not None:
-        expected["value_head.weight"] = ref_head.weight
-        expected["value_head.bias"] = ref_head.bias
+        expected.update({f"value_head.{k}": v for k, v in ref_head.state_dict().items()})
     assert sorted(got) == sorted(expected), layout
     for key, value in expected.items():
         assert got[key].dtype == torch.float32, (layout, key)

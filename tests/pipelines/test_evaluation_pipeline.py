@@ -26,13 +26,14 @@ from weighted_mtp.evaluation.prompts import SamplingSettings, complete_problems
 from weighted_mtp.evaluation.scoring import summarise
 from weighted_mtp.model_io.model_dir import save_model_dir
 from weighted_mtp.models import MTPTransformer, debug_args
+from weighted_mtp.pipeline_registry import configured_models
 from weighted_mtp.pipelines.evaluation.nodes import (
     EvaluationParams,
     compare_models,
     diagnose_training,
     render_report,
 )
-from weighted_mtp.pipelines.evaluation.pipeline import configured_models, create_pipeline
+from weighted_mtp.pipelines.evaluation.pipeline import create_pipeline
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -313,7 +314,9 @@ def test_contrasts_are_checked_and_narrowed_to_the_models_before_the_run():
 def test_report_reads_the_histories_of_the_evaluated_methods():
     def report_inputs(models):
         pipeline = create_pipeline(models=models)
-        return set(next(n for n in pipeline.nodes if n.name == "render_evaluation_report").inputs)
+        return set(
+            next(n for n in pipeline.nodes if n.name == "report.render_evaluation_report").inputs
+        )
 
     assert report_inputs(["model_a"]) == {"evaluation_results"}
     assert report_inputs(["base_model", "verifiable_model", "rho1_model"]) == {
@@ -354,9 +357,9 @@ def test_project_configuration_shapes_the_pipeline():
     ]
     names = {n.name for n in create_pipeline(models=params.models).nodes}
     assert {
-        "base_model.generate_completions",
-        "compare_models",
-        "render_evaluation_report",
+        "evaluation.base_model.generate_completions",
+        "report.compare_models",
+        "report.render_evaluation_report",
     } <= names
     # Every output of the pipeline that is persisted resolves in the project catalog.
     catalog = DataCatalog.from_config(loader["catalog"])
@@ -478,14 +481,16 @@ def test_seeded_pipeline_evaluates_every_seed_and_base_once() -> None:
     pipeline = create_pipeline(models=["base_model", "verifiable_model", "model_a"], seeds=3)
     names = {n.name for n in pipeline.nodes}
     assert {
-        "verifiable_model.generate_completions",
-        "seed_2.verifiable_model.generate_completions",
-        "seed_3.verifiable_model.generate_completions",
-        "base_model.generate_completions",
-        "model_a.generate_completions",
+        "evaluation.verifiable_model.generate_completions",
+        "evaluation.seed_2.verifiable_model.generate_completions",
+        "evaluation.seed_3.verifiable_model.generate_completions",
+        "evaluation.base_model.generate_completions",
+        "evaluation.model_a.generate_completions",
     } <= names
-    assert not any(n.startswith(("seed_2.base_model", "seed_2.model_a")) for n in names)
-    diagnose = next(n for n in pipeline.nodes if n.name == "diagnose_training")
+    assert not any(
+        n.startswith(("evaluation.seed_2.base_model", "evaluation.seed_2.model_a")) for n in names
+    )
+    diagnose = next(n for n in pipeline.nodes if n.name == "report.diagnose_training")
     assert set(diagnose.inputs) == {
         f"{prefix}{job}_training_history"
         for prefix in ("", "seed_2.", "seed_3.")

@@ -74,10 +74,10 @@ def test_one_seed_keeps_every_name() -> None:
     assert not any(n.name.startswith("seed_") for n in default.nodes)
     assert not any(d.startswith("seed_") for d in _datasets(default))
     assert _datasets(default) >= METHOD_MODELS
-    assert [n.name for n in registry["baseline"].nodes] == ["train_baseline"]
+    assert [n.name for n in registry["baseline"].nodes] == ["baseline.train_baseline"]
     # Seed 1 alone is the method pipeline as its module creates it (no wrapper).
     assert registry["baseline"].nodes[0].func is train_baseline
-    assert {"baseline_model.generate_completions", "compare_models"} <= {
+    assert {"evaluation.baseline_model.generate_completions", "report.compare_models"} <= {
         n.name for n in default.nodes
     }
 
@@ -96,56 +96,64 @@ def test_two_seeds_namespace_every_method_pipeline_of_seed_two() -> None:
         "rho1",
     }
     expected_nodes = {
-        "train_baseline",
-        "train_critic",
-        "train_verifiable",
-        "train_verifiable_uniform",
-        "tune_reference",
-        "train_rho1",
+        "baseline.train_baseline",
+        "critic.train_critic",
+        "verifiable.train_verifiable",
+        "verifiable_uniform.train_verifiable_uniform",
+        "rho1.tune_reference",
+        "rho1.train_rho1",
     }
     assert expected_nodes | {f"seed_2.{n}" for n in expected_nodes} <= names
     assert not any(n.startswith("seed_3.") for n in names)
     # Pretraining and data engineering once.
-    assert sum(n.name == "build_micro_mtp_model" for n in default.nodes) == 1
+    assert sum(n.name == "micro_models.build_micro_mtp_model" for n in default.nodes) == 1
     assert not any(n.startswith("seed_2.") and "micro" in n for n in names)
     # Each seed owns its models, histories, checkpoints and run root; shares the rest.
     assert METHOD_MODELS | {f"seed_2.{m}" for m in METHOD_MODELS} <= datasets
     by_name = {n.name: n for n in default.nodes}
-    verifiable = set(by_name["seed_2.train_verifiable"].inputs)
+    verifiable = set(by_name["seed_2.verifiable.train_verifiable"].inputs)
     assert {"seed_2.critic_model", "seed_2.verifiable_checkpoints", "seed_2.training_runs"} <= (
         verifiable
     )
     assert {"params:verifiable", "params:runtime", "tokenizer"} <= verifiable
     assert "critic_model" not in verifiable
-    assert "seed_2.tuned_reference_model" in by_name["seed_2.train_rho1"].inputs
-    assert "reference_model" in by_name["seed_2.tune_reference"].inputs  # shared
-    assert "base_model" in by_name["seed_2.train_baseline"].inputs
-    assert set(by_name["seed_2.train_baseline"].outputs) == {
+    assert "seed_2.tuned_reference_model" in by_name["seed_2.rho1.train_rho1"].inputs
+    assert "reference_model" in by_name["seed_2.rho1.tune_reference"].inputs  # shared
+    assert "base_model" in by_name["seed_2.baseline.train_baseline"].inputs
+    assert set(by_name["seed_2.baseline.train_baseline"].outputs) == {
         "seed_2.baseline_model",
         "seed_2.baseline_training_history",
     }
     # Both seeds' nodes run under their seed (seed 1 offsets by 0, in its MLflow run).
-    for name in ("train_baseline", "seed_2.train_baseline", "seed_2.tune_reference"):
+    for name in (
+        "baseline.train_baseline",
+        "seed_2.baseline.train_baseline",
+        "seed_2.rho1.tune_reference",
+    ):
         assert isinstance(by_name[name].func, SeededJob), name
-    assert by_name["seed_2.train_baseline"].func.seed == 2
+    assert by_name["seed_2.baseline.train_baseline"].func.seed == 2
     # A method pipeline requested alone holds all its seeds.
-    assert {n.name for n in registry["critic"].nodes} == {"train_critic", "seed_2.train_critic"}
+    assert {n.name for n in registry["critic"].nodes} == {
+        "critic.train_critic",
+        "seed_2.critic.train_critic",
+    }
     # Evaluation: every seed of every trained model, base_model once, seeds' histories read.
     assert {
-        "seed_2.baseline_model.generate_completions",
-        "seed_2.verifiable_uniform_model.generate_completions",
-        "base_model.generate_completions",
+        "evaluation.seed_2.baseline_model.generate_completions",
+        "evaluation.seed_2.verifiable_uniform_model.generate_completions",
+        "evaluation.base_model.generate_completions",
     } <= names
-    assert not any(n.startswith("seed_2.base_model.") for n in names)
-    compare = set(by_name["compare_models"].inputs)
+    assert not any(n.startswith("evaluation.seed_2.base_model.") for n in names)
+    compare = set(by_name["report.compare_models"].inputs)
     assert {"seed_2.rho1_model_evaluation_result", "training_diagnostics"} <= compare
-    assert "seed_2.verifiable_uniform_training_history" in by_name["diagnose_training"].inputs
-    assert "seed_2.critic_training_history" in by_name["render_evaluation_report"].inputs
+    diagnose = by_name["report.diagnose_training"]
+    assert "seed_2.verifiable_uniform_training_history" in diagnose.inputs
+    assert "seed_2.critic_training_history" in by_name["report.render_evaluation_report"].inputs
 
 
 def test_seeded_nodes_keep_their_typed_parameters_for_kedro() -> None:
     registry = _registry(2)
-    node = next(n for n in registry["baseline"].nodes if n.name == "seed_2.train_baseline")
+    node = next(n for n in registry["baseline"].nodes if n.name == "seed_2.baseline.train_baseline")
     # Kedro builds params:baseline from the annotation it finds through the wrapper: its own
     # type extractor, which binds the node's dict inputs to the function's signature.
     extracted = TypeExtractor({"baseline": registry["baseline"]}).extract_types_from_pipelines()

@@ -33,8 +33,7 @@ from weighted_mtp.hooks import MissingPrerequisiteError, flatten_params, missing
 from weighted_mtp.model_io.reference import HFModelDirectory
 from weighted_mtp.model_io.tokenizer_check import TokenizerMismatchError
 from weighted_mtp.pipelines import baseline, critic, rho1, verifiable
-from weighted_mtp.pipelines.rho1.nodes import tune_reference
-from weighted_mtp.pipelines.training_nodes import (
+from weighted_mtp.pipelines.job_environment import (
     RunNameError,
     RuntimeParamsError,
     absolute_tracking_uri,
@@ -42,6 +41,7 @@ from weighted_mtp.pipelines.training_nodes import (
     public_storage_options,
     runtime_params,
 )
+from weighted_mtp.pipelines.rho1.nodes import tune_reference
 from weighted_mtp.training.config import (
     BaselineParams,
     CriticParams,
@@ -307,15 +307,31 @@ def test_the_default_run_is_the_whole_experiment() -> None:
     assert set(METHODS) | {"data_engineering", "micro_models", "evaluation"} <= set(pipelines)
     default = pipelines["__default__"]
     names = {node.name for node in default.nodes}
-    assert {"train_baseline", "train_critic", "train_verifiable", "train_rho1"} <= names
-    assert {"tune_reference", "pretrain_micro_mtp_model", "train_tokenizer"} <= names
-    assert {"render_evaluation_report", "verifiable_model.generate_completions"} <= names
+    assert {
+        "baseline.train_baseline",
+        "critic.train_critic",
+        "verifiable.train_verifiable",
+        "rho1.train_rho1",
+    } <= names
+    assert {
+        "rho1.tune_reference",
+        "micro_models.pretrain_micro_mtp_model",
+        "data_engineering.train_tokenizer",
+    } <= names
+    assert {
+        "report.render_evaluation_report",
+        "evaluation.verifiable_model.generate_completions",
+    } <= names
     # Kedro orders by data: the hand-offs come before the jobs that read them.
     order = [node.name for node in default.nodes]
-    assert order.index("train_critic") < order.index("train_verifiable")
-    assert order.index("tune_reference") < order.index("train_rho1")
-    assert order.index("pretrain_micro_mtp_model") < order.index("train_baseline")
-    assert order.index("train_rho1") < order.index("rho1_model.generate_completions")
+    assert order.index("critic.train_critic") < order.index("verifiable.train_verifiable")
+    assert order.index("rho1.tune_reference") < order.index("rho1.train_rho1")
+    assert order.index("micro_models.pretrain_micro_mtp_model") < order.index(
+        "baseline.train_baseline"
+    )
+    assert order.index("rho1.train_rho1") < order.index(
+        "evaluation.rho1_model.generate_completions"
+    )
 
 
 # --------------------------------------------------------------------------- datasets

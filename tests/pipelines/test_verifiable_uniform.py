@@ -114,7 +114,7 @@ def test_the_default_run_trains_the_control_after_the_critic() -> None:
     pipelines.set_requested(None)
     assert CONTROL in pipelines
     order = [node.name for node in pipelines["__default__"].nodes]
-    assert order.index("train_critic") < order.index(f"train_{CONTROL}")
+    assert order.index("critic.train_critic") < order.index(f"{CONTROL}.train_{CONTROL}")
 
 
 def test_a_run_before_the_critic_names_the_critic_pipeline(tmp_path: Path) -> None:

@@ -25,8 +25,9 @@ from weighted_mtp.training import distributed, worker
 from weighted_mtp.training.config import PARAMS_BY_METHOD, RuntimeParams
 from weighted_mtp.training.data_plan import build_data_plan
 from weighted_mtp.training.launcher import launch
-from weighted_mtp.training.loop import NonFiniteLossError, _FiniteGuard
 from weighted_mtp.training.spec import JobSpec
+from weighted_mtp.training.step_metrics import FiniteGuard as _FiniteGuard
+from weighted_mtp.training.step_metrics import NonFiniteLossError
 
 from .corpus import Corpus, build_corpus
 
@@ -196,7 +197,7 @@ def test_nan_loss_stops_the_loop_at_the_next_sync_step_naming_its_step(
     2 and the part, before step 3 is logged or its checkpoint written."""
     from weighted_mtp.data.collator import PromptOutputCollator
     from weighted_mtp.losses import BaselineMethod
-    from weighted_mtp.models import load_model
+    from weighted_mtp.model_io import load_model
     from weighted_mtp.training.distributed import WorldInfo
     from weighted_mtp.training.loop import train
     from weighted_mtp.training.module import MTPTrainingModule

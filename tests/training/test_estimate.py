@@ -1,4 +1,4 @@
-"""The memory estimate (training/estimate.py) against the same step measured on real tensors.
+"""The memory estimate (training/estimate/) against the same step measured on real tensors.
 
 The estimate runs the real training module on fake tensors under FSDPMemTracker; the
 measurement runs the very same step on real CPU tensors (same fake 4-rank process group, so the

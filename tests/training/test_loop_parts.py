@@ -10,8 +10,8 @@ import torch
 from weighted_mtp.losses.metric_values import MetricValues
 from weighted_mtp.models import MTPTransformer, ValueHead, debug_args
 from weighted_mtp.training.config import BaselineParams, RuntimeParams, VerifiableParams
-from weighted_mtp.training.loop import NonFiniteLossError, _check_finite
 from weighted_mtp.training.optim import lr_factor, param_groups
+from weighted_mtp.training.step_metrics import NonFiniteLossError, _check_finite
 
 
 def test_warmup_then_cosine():
@@ -29,14 +29,20 @@ def test_no_decay_on_norms_and_vectors():
     decay, no_decay = param_groups(module, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in module.named_parameters()}
-    assert all(
-        "norm" in names[id(p)] or names[id(p)] == "value_head.bias" for p in no_decay["params"]
-    )
+    head_vectors = {"value_head.bias", "value_head.features.bias"}
+    assert all("norm" in names[id(p)] or names[id(p)] in head_vectors for p in no_decay["params"])
     assert any(names[id(p)] == "value_head.weight" for p in decay["params"])
     model.requires_grad_(False)
     only, bias = param_groups(module, 0.1)
-    assert [names[id(p)] for p in only["params"]] == ["value_head.weight"]
-    assert [names[id(p)] for p in bias["params"]] == ["value_head.bias"]
+    assert [names[id(p)] for p in only["params"]] == [
+        "value_head.weight",
+        "value_head.features.weight",
+    ]
+    assert [names[id(p)] for p in bias["params"]] == [
+        "value_head.bias",
+        "value_head.norm.weight",
+        "value_head.features.bias",
+    ]
     assert bias["weight_decay"] == 0.0
 
 

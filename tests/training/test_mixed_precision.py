@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from tests.model_fixtures import tiny_args
 from weighted_mtp.alignment import IGNORE_INDEX, head_valid_counts
-from weighted_mtp.losses import methods as methods_module
+from weighted_mtp.losses.methods import weighted as methods_module
 from weighted_mtp.losses.methods import LossContext, Rho1Method, VerifiableMethod
 from weighted_mtp.models.transformer import MTPTransformer
 from weighted_mtp.models.value_head import ValueHead, running_mean

@@ -19,7 +19,7 @@ from weighted_mtp.alignment import head_valid_counts, shift_labels
 from weighted_mtp.data.collator import PromptOutputCollator
 from weighted_mtp.data.offset_reader import read_lines_at
 from weighted_mtp.losses import BaselineMethod, LossContext
-from weighted_mtp.models import load_model
+from weighted_mtp.model_io import load_model
 from weighted_mtp.training.config import PARAMS_BY_METHOD, RuntimeParams
 from weighted_mtp.training.data_plan import DataPlan, build_data_plan
 from weighted_mtp.training.launcher import TrainingJobError, launch

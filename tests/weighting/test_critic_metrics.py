@@ -11,11 +11,9 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from weighted_mtp.metrics import auc_delong, brier_skill, roc_auc
 from weighted_mtp.weighting.metrics import (
-    auc_delong,
-    brier_skill,
     bug_token_classes,
-    roc_auc,
     value_panel_parts,
     value_panel_summary,
     values_at_fractions,

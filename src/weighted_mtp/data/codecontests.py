@@ -4,22 +4,11 @@ Rows arrive as read from parquet or JSONL: nested fields are dicts of lists
 (``{"input": [...], "output": [...]}``), dicts of numpy arrays (pandas/pyarrow) or lists of
 ``{"input", "output"}`` objects (protobuf JSON); all three are accepted.
 
-Enum numberings. The ``source`` and ``difficulty`` ints differ between dm-code_contests'
-``contest_problem.proto`` and the Hugging Face dataset card:
-
-* source: proto ``ATCODER = 6, AIZU = 7`` (5 is reserved); card ``ATCODER (5), AIZU (6)``.
-* difficulty: both agree up to ``K = 17``; the proto skips 18 (``L = 19 ... V = 29``), the card
-  does not (``L (18) ... V (28)``).
-
-``numbering="hf"`` or ``"proto"`` reads every row of a file with one of them. ``"auto"`` (the
-default) looks at the whole file for values only one numbering has (source 5 or difficulty 18:
-card; source 7 or difficulty 29: proto); a file holding both kinds is an error. Without such
-evidence, values on which the numberings differ (source 6, difficulty 19-28) are read with the
-card numbering, since the rows come from the Hugging Face files, and a warning says so.
-
-Canonical difficulty: training metadata and evaluation problems carry the card numbering
-(contiguous: 0 unknown, 1-5 EASY..HARDEST, 6 EXTERNAL, 7-28 letters A..V), which is also what
-``weighted_mtp.data.sampling`` bins on.
+The ``source`` and ``difficulty`` ints are read with one of two enum numberings (the proto's or
+the Hugging Face card's), resolved for the whole file by
+:func:`weighted_mtp.data.codecontests_numbering.detect_numbering` (``numbering="auto"``, the
+default, tells them apart by values only one of them has). Training metadata and evaluation
+problems carry the card numbering, the canonical one.
 """
 
 from __future__ import annotations
@@ -30,60 +19,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from weighted_mtp.data.codecontests_numbering import (
+    CANONICAL_DIFFICULTY,
+    NUMBERING_TABLES,
+    detect_numbering,
+)
 from weighted_mtp.data.errors import RecordError, UnknownEnumError
 from weighted_mtp.data.records import BadRecordSink, row_locations
 
 logger = logging.getLogger(__name__)
 
 DATASET = "codecontests"
-NUMBERINGS = ("auto", "hf", "proto")
 
 #: Solution.Language of the proto (the card agrees). Only PYTHON3 solutions are kept.
 LANGUAGES = {0: "UNKNOWN_LANGUAGE", 1: "PYTHON", 2: "CPP", 3: "PYTHON3", 4: "JAVA"}
 PYTHON3 = 3
-
-SOURCES_PROTO = {
-    0: "UNKNOWN_SOURCE",
-    1: "CODECHEF",
-    2: "CODEFORCES",
-    3: "HACKEREARTH",
-    4: "CODEJAM",
-    6: "ATCODER",
-    7: "AIZU",
-}
-SOURCES_HF = {
-    0: "UNKNOWN_SOURCE",
-    1: "CODECHEF",
-    2: "CODEFORCES",
-    3: "HACKEREARTH",
-    4: "CODEJAM",
-    5: "ATCODER",
-    6: "AIZU",
-}
-
-_DIFFICULTY_NAMES = [
-    "UNKNOWN_DIFFICULTY",
-    "EASY",
-    "MEDIUM",
-    "HARD",
-    "HARDER",
-    "HARDEST",
-    "EXTERNAL",
-    *"ABCDEFGHIJKLMNOPQRSTUV",
-]
-#: The card numbering: contiguous. Also the canonical numbering of our outputs.
-DIFFICULTIES_HF = dict(enumerate(_DIFFICULTY_NAMES))
-#: The proto numbering: as the card up to K = 17, then 18 is skipped.
-DIFFICULTIES_PROTO = {i if i <= 17 else i + 1: name for i, name in enumerate(_DIFFICULTY_NAMES)}
-CANONICAL_DIFFICULTY = {name: i for i, name in DIFFICULTIES_HF.items()}
-
-_TABLES = {
-    "hf": (SOURCES_HF, DIFFICULTIES_HF),
-    "proto": (SOURCES_PROTO, DIFFICULTIES_PROTO),
-}
-_HF_ONLY = ({5}, {18})
-_PROTO_ONLY = ({7}, {29})
-_AMBIGUOUS = ({6}, set(range(19, 29)))
 
 
 @dataclass
@@ -104,50 +54,6 @@ class CodeContestsConversion:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
     numbering: str = "hf"
     stats: dict[str, int] = field(default_factory=dict)
-
-
-def detect_numbering(rows: Sequence[dict[str, Any]], numbering: str, source_file: str) -> str:
-    """Resolve ``numbering`` (``auto``/``hf``/``proto``) for a whole file; see the module doc.
-
-    Raises:
-        UnknownEnumError: ``auto`` found values that only the card has and values that only the
-            proto has in the same file.
-    """
-    if numbering not in NUMBERINGS:
-        raise ValueError(f"enum numbering must be one of {NUMBERINGS}, got {numbering!r}")
-    if numbering != "auto":
-        return numbering
-    path, lines = row_locations(rows, source_file)
-    hf_line = proto_line = ambiguous_line = None
-    for row, line in zip(rows, lines, strict=True):
-        if not isinstance(row, dict):
-            continue  # reported by the conversion itself
-        source, difficulty = row.get("source"), row.get("difficulty")
-        if hf_line is None and (source in _HF_ONLY[0] or difficulty in _HF_ONLY[1]):
-            hf_line = line
-        if proto_line is None and (source in _PROTO_ONLY[0] or difficulty in _PROTO_ONLY[1]):
-            proto_line = line
-        if ambiguous_line is None and (source in _AMBIGUOUS[0] or difficulty in _AMBIGUOUS[1]):
-            ambiguous_line = line
-    if hf_line is not None and proto_line is not None:
-        raise UnknownEnumError(
-            path,
-            proto_line,
-            "source/difficulty values of both numberings in one file: line "
-            f"{hf_line} has a value only the Hugging Face card uses (source 5 or difficulty 18), "
-            f"this line one only the proto uses (source 7 or difficulty 29); set "
-            "enum_numbering to 'hf' or 'proto' explicitly",
-        )
-    if proto_line is not None:
-        return "proto"
-    if hf_line is None and ambiguous_line is not None:
-        logger.warning(
-            "%s: no value tells the enum numbering apart (first ambiguous value at line %d); "
-            "reading source/difficulty with the Hugging Face card numbering",
-            path,
-            ambiguous_line,
-        )
-    return "hf"
 
 
 def _as_list(value: Any) -> list:
@@ -315,7 +221,7 @@ def _convert_row(
             raise RecordError(path, line, f"field {key!r} must be a string, got {row[key]!r:.40}")
     if not row["name"].strip():
         raise RecordError(path, line, "field 'name' must be a non-empty string")
-    sources, difficulties = _TABLES[numbering]
+    sources, difficulties = NUMBERING_TABLES[numbering]
     source = _int_field(row, "source", path, line)
     difficulty = _int_field(row, "difficulty", path, line)
     if source not in sources:
@@ -398,7 +304,8 @@ def convert_codecontests(
         source_file: the file to name in messages (default: ``rows.source``).
         split: ``train``/``valid``/``test``; part of every ``task_id``
             (``codecontests/<split>/<name>``).
-        numbering: ``auto``, ``hf`` or ``proto`` (module doc).
+        numbering: ``auto``, ``hf`` or ``proto``
+            (:mod:`weighted_mtp.data.codecontests_numbering`).
         on_bad_record: ``raise`` or ``quarantine``.
         max_solutions_per_task: keep at most this many correct and this many incorrect Python 3
             solutions per task (the first ones); None keeps all.

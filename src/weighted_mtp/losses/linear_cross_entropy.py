@@ -16,6 +16,17 @@ logits, so selection costs no second unembedding (memory: that group's logits).
 
 Numerics: logits and softmax in float32 at least (float64 inputs stay float64); the weight
 gradient accumulates in that precision and is cast to the weight's dtype at the end.
+
+Why not ``torch.nn.functional.linear_cross_entropy`` (torch 2.13, chunked through
+``LinearCrossEntropyOptions``): its scalar reductions take no per-token weights (``weight`` is
+per class), so TD weights and Rho-1's selection need ``reduction="none"``, whose backward
+recomputes each chunk's logits from the saved inputs (four ``[n, V]`` matmuls per chunk where
+this module does three). In ``benchmarks/training_step.py`` (one MTP step: dim 256, vocab
+32000, 4 x 512 tokens, chunk 1024, float32, 1 thread, on a shared 2-core CPU; two runs), torch's
+with per-token weights ran at 0.88x the tokens/s of this module with 1.04-1.07x its step peak:
+outside the 5% that would let it replace this one. Its ``reduction="sum"`` ran at 1.19-1.51x the
+tokens/s with 1.03-1.15x the peak, but serves the unweighted baseline only. Numbers and
+commands: ``docs/benchmarks/training.md``, "torch's linear_cross_entropy".
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@
     python -m weighted_mtp.model_io.convert_meta SRC_DIR DST_DIR [--dtype bfloat16]
         [--max-shard-size 5GB] [--max-seq-len N]
 
-(``python -m weighted_mtp.models.convert_meta`` runs the same command.)
-
 ``SRC_DIR`` (local) holds ``params.json``, ``tokenizer.model`` and ``consolidated.pth``, or the
 model-parallel split ``consolidated.00.pth``, ``consolidated.01.pth``, ... ``DST_DIR`` is a local
 path or fsspec URL (``s3://...``). Meta's key names are kept (the model uses them), the stored

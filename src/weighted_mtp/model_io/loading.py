@@ -6,8 +6,9 @@ the model (every key, shape and dtype, before any tensor is read), verifies the 
 ``metadata.json`` when present, and builds the model on the meta device so that a 7B checkpoint
 is never held twice in memory. Remote directories are first copied to a local cache.
 
-``build_meta_model`` is the distributed workers' way in: the same checks, the model left on the
-meta device, and ``MetaModel.fill`` reads each rank's own shard once the job has sharded it.
+The distributed workers' way in is :func:`weighted_mtp.model_io.meta_model.build_meta_model`:
+the same checks (:func:`open_checked`), the model left on the meta device, each rank's own
+shard read once the job has sharded it.
 
 HF-named weights are renamed and un-permuted by :mod:`weighted_mtp.model_io.hf_config`.
 """
@@ -17,13 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from weighted_mtp.model_io.hf_config import (
     HF_EMBEDDING_KEY,
@@ -56,7 +56,6 @@ from weighted_mtp.model_io.model_dir import (
     read_weight_index,
     verify_checksums,
 )
-from weighted_mtp.model_io.weight_reader import SafetensorsRows
 
 # Submodules, not the package: weighted_mtp.models re-exports load_model from here.
 from weighted_mtp.models.args import ModelArgs
@@ -137,7 +136,7 @@ def _materialise(model: torch.nn.Module) -> None:
 
 # --------------------------------------------------------------------------- opening
 @dataclass
-class _CheckedDirectory:
+class CheckedDirectory:
     """A model directory whose files were found to fit the model built on the meta device."""
 
     source: str
@@ -150,13 +149,13 @@ class _CheckedDirectory:
     tied: bool
 
 
-def _open_checked(
+def open_checked(
     model_dir: str | os.PathLike,
     *,
     verify: bool,
     cache_dir: str | os.PathLike | None,
     storage_options: Mapping[str, Any] | None,
-) -> _CheckedDirectory:
+) -> CheckedDirectory:
     source = str(model_dir)
     local = local_model_dir(model_dir, cache_dir=cache_dir, storage_options=storage_options)
     args = read_model_args(local)
@@ -182,7 +181,7 @@ def _open_checked(
         stored_dtype=(metadata or {}).get("dtype"),
         sharded=(local / INDEX_FILE).exists(),
     )
-    return _CheckedDirectory(
+    return CheckedDirectory(
         source=source,
         local=local,
         args=args,
@@ -231,9 +230,10 @@ def load_model(
         ChecksumMismatchError: a file differs from its SHA256 in ``metadata.json``.
 
     Every process that calls this holds the whole model; a distributed job should build it
-    with :func:`build_meta_model` instead and fill each rank's shard.
+    with :func:`~weighted_mtp.model_io.meta_model.build_meta_model` instead and fill each
+    rank's shard.
     """
-    opened = _open_checked(
+    opened = open_checked(
         model_dir, verify=verify, cache_dir=cache_dir, storage_options=storage_options
     )
     source, local, args, model = opened.source, opened.local, opened.args, opened.model
@@ -262,7 +262,7 @@ def load_model(
     if head_state:
         head.load_state_dict(value_head_state(head_state, source), strict=True)
     else:
-        _warn_fresh_head(source)
+        warn_fresh_head(source)
     head.to(device=device, dtype=target or model.tok_embeddings.weight.dtype).eval()
     return model, head
 
@@ -294,168 +294,11 @@ def value_head_state(head_state: Mapping[str, torch.Tensor], source: str) -> dic
     return state
 
 
-def _warn_fresh_head(source: str) -> None:
+def warn_fresh_head(source: str) -> None:
     logger.warning(
         "%s has no %s* weights: the value head starts from a fresh initialisation",
         source,
         VALUE_HEAD_PREFIX,
-    )
-
-
-# --------------------------------------------------------------------------- sharded loading
-# Wrappers that prefix parameter names (activation checkpointing, torch.compile, FSDP1).
-_WRAPPER_NAME_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
-
-
-def _plain_name(name: str) -> str:
-    for part in _WRAPPER_NAME_PARTS:
-        name = name.replace(part, "")
-    return name
-
-
-def _local_block(tensor: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]:
-    """``(local tensor, its shape, its offset in the full tensor)``: a DTensor's shard, or the
-    whole of a plain tensor."""
-    # Imported here: the Kedro datasets import this module and need no torch.distributed.
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    if isinstance(tensor, DTensor):
-        shape, offset = compute_local_shape_and_global_offset(
-            tensor.shape, tensor.device_mesh, tensor.placements
-        )
-        return tensor.to_local(), tuple(shape), tuple(offset)
-    return tensor, tuple(tensor.shape), (0,) * tensor.dim()
-
-
-def _block(full: torch.Tensor, shape: tuple[int, ...], offset: tuple[int, ...]) -> torch.Tensor:
-    return full[tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))]
-
-
-@dataclass
-class MetaModel:
-    """A model (and value head) built on the meta device, to be filled from its directory.
-
-    Build it with :func:`build_meta_model`; wrap it however the job needs (FSDP2
-    ``fully_shard`` shards meta parameters without allocating them); give it storage with
-    ``module.to_empty(device=...)`` (``MTPTransformer`` recomputes its RoPE tables then); then
-    :meth:`fill` writes into each parameter what the directory holds for it: for a DTensor only
-    this rank's shard, read straight from the file, so that a node holds one model however many
-    ranks it runs.
-    """
-
-    model: MTPTransformer
-    value_head: ValueHead | None
-    args: ModelArgs
-    source: str
-    _reader: SafetensorsRows = field(repr=False)
-    _opened: _CheckedDirectory = field(repr=False)
-    _fresh_head: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-
-    @torch.no_grad()
-    def fill(self) -> None:
-        """Write the directory's weights into the (materialised) parameters, in their dtype.
-
-        Raises:
-            ModelDirectoryError: a parameter or buffer is still on the meta device (call
-                ``to_empty`` first).
-        """
-        parts: list[tuple[str, nn.Module]] = [("", self.model)]
-        if self.value_head is not None:
-            parts.append((VALUE_HEAD_PREFIX, self.value_head))
-        for prefix, part in parts:
-            still_meta = [
-                n for n, t in [*part.named_parameters(), *part.named_buffers()] if t.is_meta
-            ]
-            if still_meta:
-                raise ModelDirectoryError(
-                    f"{self.source}: {still_meta[0]!r} is still on the meta device; call "
-                    "module.to_empty(device=...) before MetaModel.fill()"
-                )
-            for name, param in part.named_parameters():
-                self._fill_one(prefix + _plain_name(name), param)
-
-    def _fill_one(self, key: str, param: torch.Tensor) -> None:
-        local, shape, offset = _local_block(param)
-        if local.numel() == 0:
-            return
-        rows = (offset[0], offset[0] + shape[0]) if shape else (0, 0)
-        rest_full = shape[1:] == tuple(param.shape[1:])
-        if key.startswith(VALUE_HEAD_PREFIX) and self._fresh_head is not None:
-            fresh = self._fresh_head[key[len(VALUE_HEAD_PREFIX) :]]
-            local.copy_(_block(fresh, shape, offset))
-            return
-        raw = self._opened.raw_keys[key]
-        transform = self._hf_transform(raw)
-        if transform is None and rest_full:
-            self._reader.read_rows(raw, *rows, out=local)
-            return
-        full = self._reader.read_rows(raw)
-        if transform is not None:
-            full = transform(full)
-        local.copy_(_block(full, shape, offset))
-
-    def _hf_transform(self, raw: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        if not self._opened.hf_names:
-            return None
-        if raw.endswith("self_attn.q_proj.weight") or raw.endswith("self_attn.k_proj.weight"):
-            # The q/k un-permutation mixes rows across the whole tensor: convert it whole.
-            return lambda full: hf_to_meta_state_dict({raw: full}, self.args)[meta_key_name(raw)]
-        return None
-
-
-def build_meta_model(
-    model_dir: str | os.PathLike,
-    with_value_head: bool = False,
-    *,
-    seed: int = 0,
-    verify: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-) -> MetaModel:
-    """Check a model directory and build its model (and value head) on the meta device.
-
-    The checks are :func:`load_model`'s (keys, shapes, dtypes, SHA256 sums), made before any
-    weight is read; a remote directory is copied once per machine first. Parameters are
-    float32 (the master weights) whatever the stored dtype. Without ``value_head.*`` weights
-    the value head's fresh initialisation is drawn from a generator seeded with ``seed``, the
-    same on every rank (and equal to ``torch.manual_seed(seed); ValueHead(dim)``).
-
-    Returns:
-        A :class:`MetaModel`; see there for the order of wrapping, ``to_empty`` and ``fill``.
-    """
-    opened = _open_checked(
-        model_dir, verify=verify, cache_dir=cache_dir, storage_options=storage_options
-    )
-    reader = SafetensorsRows(opened.local, opened.files)
-    opened.model.float()  # master weights, whatever torch's default dtype is set to
-    head, fresh = None, None
-    if with_value_head:
-        with torch.device("meta"):
-            head = ValueHead(opened.args.dim).float()
-        stored_head = {k for k in opened.raw_keys if k.startswith(VALUE_HEAD_PREFIX)}
-        if stored_head:
-            # Checks the keys only (no tensor is read): weight required, bias optional.
-            value_head_state(
-                {k[len(VALUE_HEAD_PREFIX) :]: torch.empty(0) for k in stored_head},
-                opened.source,
-            )
-        else:
-            _warn_fresh_head(opened.source)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                fresh = {
-                    k: v.detach().float()
-                    for k, v in ValueHead(opened.args.dim).state_dict().items()
-                }
-    return MetaModel(
-        model=opened.model,
-        value_head=head,
-        args=opened.args,
-        source=opened.source,
-        _reader=reader,
-        _opened=opened,
-        _fresh_head=fresh,
     )
 
 

@@ -1,6 +1,7 @@
 """Meta's multi-token-prediction LLaMA in plain PyTorch.
 
-Leaf-first: RMSNorm, RoPE helpers, attention, feed-forward, block, model. The parameter names
+Kept whole because it is one model, read top to bottom as Meta's and nanoGPT's model files are:
+leaf-first, RMSNorm, RoPE helpers, attention, feed-forward, block, model. The parameter names
 are Meta's (``tok_embeddings``, ``layers.N.attention.wq``, ``extra_heads.N...``, ``norm``,
 ``output``), so a released ``consolidated.pth`` loads without renaming.
 

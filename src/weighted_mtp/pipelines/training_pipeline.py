@@ -12,11 +12,13 @@ all from the same ``base_model`` (the micro pretraining and data_engineering run
 ``s`` is a copy of the method pipelines (:func:`seed_copy`):
 
 - **names**: seed 1 keeps the plain names (``baseline_model``, ``critic_model``,
-  ``baseline_training_history``, node ``train_baseline``), so a one-seed run, conf/a100, the
-  notebook and every name users know are unchanged, and a three-seed study's seed 1 is the
-  one-seed run (same seeds, same run identity: its checkpoints are reused). Seed ``s >= 2``
-  is the Kedro namespace ``seed_<s>``: ``seed_2.baseline_model``, ``seed_2.train_baseline``
-  (kedro-viz draws each as a collapsible ``seed_<s>`` group). Everything the method pipelines
+  ``baseline_training_history``, node ``baseline.train_baseline``: the registry puts each
+  pipeline's nodes in a namespace of its name, datasets unprefixed), so a one-seed run,
+  conf/a100, the notebook and every name users know are unchanged, and a three-seed study's
+  seed 1 is the one-seed run (same seeds, same run identity: its checkpoints are reused).
+  Seed ``s >= 2`` is the Kedro namespace ``seed_<s>``: ``seed_2.baseline_model``,
+  ``seed_2.baseline.train_baseline`` (kedro-viz draws each seed as a collapsible
+  ``seed_<s>`` box around its methods' boxes). Everything the method pipelines
   produce is the seed's own (verifiable of seed 2 starts from ``seed_2.critic_model``, rho1 of
   seed 2 reads ``seed_2.tuned_reference_model``), and so is each job's state, the run root
   ``seed_<s>.training_runs`` and ``seed_<s>.<job>_checkpoints`` (catalog dataset factories:
@@ -41,7 +43,6 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from kedro.pipeline import Node, Pipeline
@@ -128,7 +129,8 @@ class ExperimentParams(BaseModel):
 
 
 def experiment_params(raw: Mapping[str, Any] | None) -> ExperimentParams:
-    """``experiment`` validated.
+    """``experiment`` validated (``weighted_mtp.pipeline_registry`` reads it, with the
+    session's ``--params``, when it builds the pipelines: its docstring says why there).
 
     Raises:
         ExperimentParamsError: naming ``experiment.<field>``, the value and what is allowed.
@@ -142,15 +144,6 @@ def experiment_params(raw: Mapping[str, Any] | None) -> ExperimentParams:
             "Invalid parameters (conf/*/parameters.yml or --params): "
             + describe_validation_error("experiment", exc)
         ) from None
-
-
-def configured_seeds(project_path: Path | None = None) -> int:
-    """``experiment.seeds`` as the session building the pipelines sees it (its environment
-    and ``--params``: :func:`weighted_mtp.hooks.configured_parameters`); 1 without
-    configuration."""
-    from weighted_mtp.hooks import configured_parameters
-
-    return experiment_params(configured_parameters(project_path).get("experiment")).seeds
 
 
 def seed_offset(seed: int) -> int:

@@ -6,6 +6,9 @@ head's valid target tokens over the whole step and every rank (the loss denomina
 step's loss is the mean over the global batch however it is split), then for each micro-batch
 one forward and one backward through the DDP/FSDP2 wrapper (gradient sync on the last one
 only), clip, AdamW, schedule. Rank 0 logs; validation every ``eval_every`` steps.
+
+A step's metrics and finiteness checks are in :mod:`weighted_mtp.training.step_metrics`, the
+validation panels in :mod:`weighted_mtp.training.validation`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from weighted_mtp.training.config import TrainingParams
 from weighted_mtp.training.data_plan import DataPlan
 from weighted_mtp.training.distributed import (
     WorldInfo,
-    all_gather_cat,
     all_gather_cat_at,
     all_reduce_sum,
 )
@@ -49,13 +51,10 @@ from weighted_mtp.training.parallelize import gradient_sync, inner_module, paral
 from weighted_mtp.training.run_identity import RunIdentity
 from weighted_mtp.training.spec import HISTORY_FILE, JobSpec
 from weighted_mtp.training.step_log import StepLog
-from weighted_mtp.weighting.metrics import value_panel_parts, value_panel_summary
+from weighted_mtp.training.step_metrics import FiniteGuard, clipped_grad_norm, reduce_metrics
+from weighted_mtp.training.validation import validate
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss part or the gradient norm became NaN or infinite."""
 
 
 @dataclass
@@ -64,106 +63,6 @@ class TrainSummary:
     tokens_seen: int
     final_metrics: dict[str, float]
     skipped_sequences: int
-
-
-def _reduce_metrics(values: MetricValues, world: WorldInfo) -> dict[str, float]:
-    """Combine every rank's metric values (ranks may report different names)."""
-    if dist.is_initialized() and world.world_size > 1:
-        gathered: list[dict] = [None] * world.world_size  # type: ignore[list-item]
-        dist.all_gather_object(gathered, values.to_plain())
-        merged = MetricValues()
-        for part in gathered:
-            merged.merge(MetricValues.from_plain(part))
-        values = merged
-    return values.finalize()
-
-
-def _check_finite(metrics: MetricValues, loss: torch.Tensor, step: int, method: str) -> None:
-    """Raise :class:`NonFiniteLossError` naming the step (0-based ``step``) and the metric
-    parts that went non-finite, when ``loss`` is not finite. Reads the device: the loop calls
-    it only from :class:`_FiniteGuard` at a host-sync step."""
-    if torch.isfinite(loss).all():
-        return
-    bad = [
-        name
-        for name, (_, value, _) in sorted(metrics.items.items())
-        if not torch.isfinite(value).all()
-    ]
-    parts = ", ".join(bad) if bad else "the total loss"
-    raise NonFiniteLossError(
-        f"{method}: non-finite loss at step {step + 1}: {parts} = "
-        f"{[metrics.items[b][1].tolist() for b in bad] if bad else float(loss)}; lower the "
-        "learning rate or check the data of this step"
-    )
-
-
-def _grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Clip and return the global gradient norm, a scalar on the device (not read here)."""
-    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
-    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
-        norm = norm.full_tensor()
-    return norm.detach()
-
-
-class _FiniteGuard:
-    """Whether each step's loss and gradient norm were finite, kept on the device and read at
-    the next host-sync step (a logged, validated or saved step, and the last one).
-
-    Reading a flag per micro-batch would stall the device every micro-batch. The price of
-    reading it later: a non-finite step's update is applied (clip_grad_norm_ scales the
-    gradients by a NaN factor, AdamW applies them) and the steps up to the next sync step run
-    on those parameters. They are never kept: the check runs before validation and before the
-    checkpoint save of a sync step, and before ``train`` returns, so no checkpoint or final
-    model holds them, and the error names the first step that went non-finite. A true
-    device-side skip would need AdamW's ``found_inf`` (fused kernels only); ``log_every: 1``
-    stops at the bad step itself.
-    """
-
-    def __init__(self, method: str):
-        self.method = method
-        # (step, metrics, summed loss, [loss finite, norm finite], gradient norm)
-        self._pending: list[tuple[int, MetricValues, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._loss_ok: torch.Tensor | None = None
-        self._loss: torch.Tensor | None = None
-
-    def record_loss(self, loss: torch.Tensor) -> None:
-        """One micro-batch's loss (device ops only)."""
-        loss = loss.detach()
-        ok = torch.isfinite(loss).all()
-        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
-        self._loss = loss if self._loss is None else self._loss + loss
-
-    def end_step(self, step: int, metrics: MetricValues, grad_norm: torch.Tensor) -> None:
-        """Close 0-based ``step``: its metrics and clipped gradient norm (device ops only)."""
-        if self._loss_ok is None or self._loss is None:
-            raise RuntimeError(f"step {step + 1}: no micro-batch loss was recorded")
-        flags = torch.stack([self._loss_ok, torch.isfinite(grad_norm).all()])
-        # A copy: the loop adds the gradient norm to its metrics afterwards, which the loss
-        # message should not list as a loss part.
-        self._pending.append(
-            (step, MetricValues(dict(metrics.items)), self._loss, flags, grad_norm)
-        )
-        self._loss_ok = self._loss = None
-
-    def check(self) -> None:
-        """Read every pending step's flags in one transfer; raise for the first bad one."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        flags = torch.stack([p[3] for p in pending]).tolist()
-        for (step, metrics, loss, _, norm), (loss_ok, norm_ok) in zip(pending, flags, strict=True):
-            if not loss_ok:
-                _check_finite(metrics, loss, step, self.method)
-                # A micro-batch's loss was non-finite although their sum is not (inf - inf).
-                raise NonFiniteLossError(
-                    f"{self.method}: non-finite loss at step {step + 1}; lower the learning "
-                    "rate or check the data of this step"
-                )
-            if not norm_ok:
-                raise NonFiniteLossError(
-                    f"{self.method}: non-finite gradient norm ({float(norm)}) at step "
-                    f"{step + 1}; lower the learning rate or check the data of this step"
-                )
 
 
 def step_context(
@@ -350,7 +249,7 @@ def train(
         if log is not None:
             log.replay(resume_from / HISTORY_FILE, start_step)
     save_every = params.save_every or params.max_steps
-    guard = _FiniteGuard(spec.method)
+    guard = FiniteGuard(spec.method)
     # Tokens this rank trained since start_step, counted on the device; summed over ranks
     # only at host-sync steps.
     local_tokens = torch.zeros((), dtype=torch.int64, device=world.device)
@@ -390,7 +289,7 @@ def train(
                 guard.record_loss(loss)
                 loss.backward()
                 metrics.merge(values)
-            grad_norm = _grad_norm(trainable, params.grad_clip)
+            grad_norm = clipped_grad_norm(trainable, params.grad_clip)
             guard.end_step(step, metrics, grad_norm)
             # The same on every rank (the global norm): "max" keeps it through the reduction.
             metrics.add_max("train/grad_norm", grad_norm)
@@ -413,7 +312,7 @@ def train(
                 guard.check()
                 tokens_seen = tokens_at_start + int(all_reduce_sum(local_tokens))
             if is_log:
-                last = _reduce_metrics(metrics, world)
+                last = reduce_metrics(metrics, world)
                 now = time.perf_counter()
                 last.update(
                     {
@@ -466,107 +365,3 @@ def train(
     if skipped_total:
         logger.warning("%d sequences did not fit max_seq_len and were skipped", skipped_total)
     return wrapped, TrainSummary(params.max_steps, tokens_seen, last, skipped_total)
-
-
-def _panel(
-    spec: JobSpec,
-    world: WorldInfo,
-    reader: BatchReader,
-    plan: DataPlan,
-    params: TrainingParams,
-    n_heads: int,
-    panel: str,
-) -> tuple[list[Batch], LossContext]:
-    """This rank's batches of a validation panel on the device and their loss context (each
-    head's valid target tokens over the panel and every rank)."""
-    assert spec.valid_jsonl is not None
-    # Read and collated at the first validation only (the rows never change), in this thread
-    # with this reader's collator: the prefetch workers keep their own.
-    batches = [
-        reader.to_device(b)
-        for b in reader.validation_batches(
-            spec.valid_jsonl,
-            plan,
-            rank=world.rank,
-            world=world.world_size,
-            batch_size=params.batch_size,
-            panel=panel,
-        )
-    ]
-    counts = sum(
-        (head_valid_counts(b.targets, n_heads) for b in batches),
-        torch.zeros(n_heads, dtype=torch.long, device=world.device),
-    )
-    ctx = LossContext(
-        denominators=all_reduce_sum(counts.to(torch.float64)), chunk_size=params.chunk_size
-    )
-    return batches, ctx
-
-
-@torch.no_grad()
-def validate(
-    spec: JobSpec,
-    world: WorldInfo,
-    wrapped: nn.Module,
-    reader: BatchReader,
-    plan: DataPlan,
-    params: TrainingParams,
-    n_heads: int,
-) -> dict[str, float]:
-    """Validation metrics over the plan's two panels (each split evenly across ranks).
-
-    The loss panel (``plan.valid_rows``: correct held-out rows, the same for every method)
-    gives the uniform MTP loss ``val/loss``, ``val/head_{k}_loss`` and the method's own
-    ``val/*`` metrics. The value panel (``plan.value_rows``: balanced, value-head methods)
-    gives ``val/value_loss``, ``val/value_accuracy``, ``val/value_mean`` and the critic
-    diagnostics of :func:`~weighted_mtp.weighting.metrics.value_panel_summary` (value AUC with
-    its interval at the last token and at 25/50/75% of each program, Brier skill, TD weights
-    on the synthetic bug spans and the bug-localisation AUC), with the method's TD settings.
-    """
-    if spec.valid_jsonl is None:
-        return {}
-    method = inner_module(wrapped).method  # type: ignore[attr-defined]
-    out: dict[str, float] = {}
-    was_training = wrapped.training
-    wrapped.eval()
-    try:
-        if len(plan.valid_rows):
-            batches, ctx = _panel(spec, world, reader, plan, params, n_heads, "loss")
-            metrics = MetricValues()
-            for batch in batches:
-                values, _ = wrapped(
-                    batch.input_ids, batch.targets, batch.is_correct, None, ctx=ctx, mode="validate"
-                )
-                metrics.merge(values)
-            out.update(_reduce_metrics(metrics, world))
-        if len(plan.value_rows) and method.uses_value_head:
-            batches, ctx = _panel(spec, world, reader, plan, params, n_heads, "value")
-            metrics = MetricValues()
-            parts: dict[str, list[torch.Tensor]] = {}
-            for batch in batches:
-                values, extras = wrapped(
-                    batch.input_ids,
-                    batch.targets,
-                    batch.is_correct,
-                    None,
-                    ctx=ctx,
-                    mode="validate_value",
-                )
-                metrics.merge(values)
-                found = value_panel_parts(
-                    extras["values"],
-                    extras["mask"],
-                    extras["rewards"],
-                    batch.extras.get("bug_mask"),
-                    **method.td_settings(),
-                )
-                for key, part in found.items():
-                    parts.setdefault(key, []).append(part)
-            out.update(_reduce_metrics(metrics, world))
-            # Gathered on the device, then to the host once per part.
-            gathered = {k: all_gather_cat(torch.cat(v)).cpu() for k, v in sorted(parts.items())}
-            out.update(value_panel_summary(gathered))
-    finally:
-        wrapped.train(was_training)
-    out.update(method.validation_summary(out))
-    return out

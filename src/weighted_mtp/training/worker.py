@@ -26,7 +26,8 @@ from weighted_mtp.losses.methods import (
     Method,
     reference_token_ce,
 )
-from weighted_mtp.model_io.loading import ModelDirectory, build_meta_model
+from weighted_mtp.model_io.loading import ModelDirectory
+from weighted_mtp.model_io.meta_model import build_meta_model
 from weighted_mtp.model_io.model_dir import save_model_dir
 from weighted_mtp.model_io.reference import (
     load_reference_model,

@@ -44,7 +44,7 @@ class ConversionParams(_Strict):
         on_bad_record: ``raise`` stops at the first bad row; ``quarantine`` writes bad rows to
             the quarantine JSONL and goes on.
         enum_numbering: CodeContests ``source``/``difficulty`` numbering: ``auto``, ``hf`` or
-            ``proto`` (see :mod:`weighted_mtp.data.codecontests`).
+            ``proto`` (see :mod:`weighted_mtp.data.codecontests_numbering`).
         max_solutions_per_task: cap on correct and on incorrect Python 3 solutions per
             CodeContests task; null keeps all.
         mbpp_splits: MBPP split name -> inclusive ``[first, last]`` task_id; every split of

@@ -104,7 +104,7 @@ class EvaluationParams(_Strict):
 
     Attributes:
         models: catalog names of the model directories to evaluate (it shapes the pipeline:
-            see ``pipeline.configured_models``).
+            see ``weighted_mtp.pipeline_registry.configured_models``).
         datasets: dataset name (one of :data:`EVALUATION_DATASETS`) -> its settings; a
             missing prompt format is the dataset's default.
         generation: sampling (``temperature`` >= 0; 0 is greedy with one sample per problem).

@@ -1,31 +1,37 @@
-"""The evaluation pipeline: one namespaced generate/execute/summarise chain per model.
+"""The evaluation pipeline, drawn as two kedro-viz boxes: ``evaluation`` (the problems, the
+canonical check and one box per model, ``evaluation.<model>``: generate/execute/summarise)
+and ``report`` (training diagnostics, comparison, report). The namespaces group nodes only
+(``prefix_datasets_with_namespace=False``): every catalog name stays as it is
+(``baseline_model.completions``, ``baseline_model_evaluation_result``, data/08_reporting's
+``evaluation_*``), and ``tokenizer`` and ``evaluation_problems`` are one edge per box.
 
 Which models are evaluated is structure, not a run-time knob: each model is a catalog entry
-(a model directory) that its own sub-pipeline reads, and Kedro builds pipelines before it
-loads parameters. So ``create_pipeline`` takes the model names from ``evaluation.models`` in
-the project's parameters when the pipeline is created (base, overlaid by the environment the
-session was started with and its ``--params``, recorded by
-``weighted_mtp.hooks.SessionEnvironmentHook``, or ``KEDRO_ENV`` outside a session), or from
-``create_pipeline(models=[...])``; ``compare_models`` then checks at run time that the loaded
-``params:evaluation`` agrees. With ``experiment.seeds = n`` every trained model is evaluated in
-each seed (``baseline_model``, ``seed_2.baseline_model``, ...; ``base_model`` once), and the
-comparison pools the seeds (:mod:`weighted_mtp.evaluation.comparison`).
-Adding ``verifiable_model`` to that list adds a sub-pipeline ``verifiable_model.*``, a point to
-the report and the critic's and verifiable's training curves (:data:`TRAINING_HISTORIES`),
-with no code change. Those histories are inputs of the report: ``kedro run --pipeline
-evaluation`` alone needs the trainings of the evaluated models done (the prerequisites hook
-stops the run at once otherwise, naming the pipeline to run first).
+(a model directory) that its own sub-pipeline reads, so that the lineage has the edge
+``baseline_model -> evaluation`` and Kedro runs every training before the evaluation that
+reads it. That is why ``evaluation.models`` cannot come from what Kedro gives a pipeline:
+parameters, the catalog and dataset factories are resolved when nodes run, after the graph
+is fixed, and Kedro calls ``register_pipelines`` (and so ``create_pipeline``) before it loads
+parameters, with no context. ``create_pipeline`` therefore takes the models and the seeds as
+arguments; ``weighted_mtp.pipeline_registry`` passes ``evaluation.models`` and
+``experiment.seeds`` as the running session sees them (its ``--env`` and ``--params``; its
+docstring says how), and ``compare_models`` checks at run time that the loaded
+``params:evaluation`` agrees. With ``experiment.seeds = n`` every trained model is evaluated
+in each seed (``baseline_model``, ``seed_2.baseline_model``, ...; ``base_model`` once), and
+the comparison pools the seeds (:mod:`weighted_mtp.evaluation.comparison`).
+Adding ``verifiable_model`` to that list adds a sub-pipeline ``evaluation.verifiable_model``,
+a point to the report and the critic's and verifiable's training curves
+(:data:`TRAINING_HISTORIES`), with no code change. Those histories are inputs of the report:
+``kedro run --pipeline evaluation`` alone needs the trainings of the evaluated models done
+(the prerequisites hook stops the run at once otherwise, naming the pipeline to run first).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 from kedro.pipeline import Node, Pipeline
 
-from weighted_mtp.hooks import configured_parameters
 from weighted_mtp.pipelines.evaluation.nodes import (
     compare_models,
     diagnose_training,
@@ -36,10 +42,14 @@ from weighted_mtp.pipelines.evaluation.nodes import (
     select_problems,
     summarise_model,
 )
-from weighted_mtp.pipelines.training_pipeline import configured_seeds
 from weighted_mtp.seeds import seeded_name, split_seed
 
+#: The models of ``create_pipeline()`` without arguments (``find_pipelines`` calls it so;
+#: the registry passes ``evaluation.models``).
 DEFAULT_MODELS = ("base_model",)
+#: The two boxes of the pipeline in kedro-viz; each model's chain is ``evaluation.<model>``.
+EVALUATION_NAMESPACE = "evaluation"
+REPORT_NAMESPACE = "report"
 #: The training histories the report draws beside an evaluated model: the jobs that made it
 #: (verifiable starts from the critic, so the critic's value loss belongs to it). Each is a
 #: required input (``<method>_training_history``): the default run writes them before the
@@ -57,19 +67,6 @@ PROBLEM_SETS = {
     "mbpp": "eval_problems_mbpp",
     "codecontests": "eval_problems_codecontests",
 }
-
-
-def configured_models(project_path: Path | None = None) -> list[str]:
-    """``evaluation.models`` from the project's parameters, or :data:`DEFAULT_MODELS` when no
-    configuration is found (e.g. the package used outside its project).
-
-    The environment and ``--params`` are those of the Kedro session that is building the
-    pipelines (``weighted_mtp.hooks.configured_parameters``): ``--env a100`` gives
-    conf/a100's list. Without a session of ``project_path`` (the package imported alone,
-    ``create_pipeline()`` in a test) it is ``KEDRO_ENV``'s.
-    """
-    models = (configured_parameters(project_path).get("evaluation") or {}).get("models")
-    return list(models) if models else list(DEFAULT_MODELS)
 
 
 def seeded_models(models: Sequence[str], seeds: int) -> list[str]:
@@ -132,20 +129,18 @@ def model_pipeline() -> Pipeline:
 
 
 def create_pipeline(
-    models: Sequence[str] | None = None, seeds: int | None = None, **kwargs: object
+    models: Sequence[str] | None = None, seeds: int = 1, **kwargs: object
 ) -> Pipeline:
-    """Problems -> canonical check; per model: generate -> execute -> summarise; the training
-    diagnostics of the weighted methods; then the comparison (per-model table, the spread
-    over seeds, the pre-registered contrasts of ``evaluation.comparison`` on the seeds'
-    per-problem means, the verdict), metrics and report (with the training histories of
-    :data:`TRAINING_HISTORIES`).
+    """Problems -> canonical check; per model: generate -> execute -> summarise (box
+    ``evaluation``); the training diagnostics of the weighted methods, then the comparison
+    (per-model table, the spread over seeds, the pre-registered contrasts of
+    ``evaluation.comparison`` on the seeds' per-problem means, the verdict), metrics and
+    report with the training histories of :data:`TRAINING_HISTORIES` (box ``report``).
 
-    ``models``: catalog names (default :func:`configured_models`); ``seeds``: fine-tuning
-    seeds (default ``experiment.seeds``, read like the models: see
-    ``weighted_mtp.pipeline_registry``): every trained model is evaluated in every seed
-    (:func:`seeded_models`), ``base_model`` once."""
-    seeds = configured_seeds() if seeds is None else seeds
-    models = seeded_models(list(models) if models is not None else configured_models(), int(seeds))
+    ``models``: catalog names (default :data:`DEFAULT_MODELS`; the registry passes
+    ``evaluation.models``); ``seeds``: fine-tuning seeds (``experiment.seeds``): every trained
+    model is evaluated in every seed (:func:`seeded_models`), ``base_model`` once."""
+    models = seeded_models(list(models) if models is not None else list(DEFAULT_MODELS), seeds)
     histories = list(dict.fromkeys(job for name in models for job in model_histories(name)))
     shared = Pipeline(
         [
@@ -184,8 +179,9 @@ def create_pipeline(
     ]
     with warnings.catch_warnings():
         # seed_<s>.<model>_evaluation_result and seed_<s>.<job>_training_history are the
-        # outputs of namespaced pipelines (the seeds' copies), read here by their full
-        # names: the dots are Kedro's own namespacing, which its warning is about.
+        # outputs of namespaced pipelines (the seeds' copies), and <model>.completions those
+        # of each model's chain, read here in the boxes' namespaces by their full names: the
+        # dots are Kedro's own namespacing, which its warning is about.
         warnings.filterwarnings(
             "ignore", message="One or more dataset names contain", category=UserWarning
         )
@@ -237,4 +233,11 @@ def create_pipeline(
                 ),
             ]
         )
-    return shared + sum(per_model, Pipeline([])) + report
+        evaluation = Pipeline(
+            [shared, *per_model],
+            namespace=EVALUATION_NAMESPACE,
+            prefix_datasets_with_namespace=False,
+        )
+        return evaluation + Pipeline(
+            report, namespace=REPORT_NAMESPACE, prefix_datasets_with_namespace=False
+        )

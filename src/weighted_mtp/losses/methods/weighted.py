@@ -1,258 +1,33 @@
-"""The per-method losses: what each training method adds to the one loop.
-
-A method sees the training module through :class:`PolicyModule` (head hidden states, the
-shared unembedding, the value head) and a :class:`LossContext` (step-level denominators,
-the gradient scale, and collectives for choices that span ranks). It returns the loss to
-backpropagate and its metrics. Nothing here imports ``torch.distributed``: the loop injects
-the collectives, identities in a single process.
-
-Validation is the same for every policy method, so runs compare on one scale: the uniform MTP
-loss (``val/loss``) on the same correct held-out rows (the loss panel), plus, where a value
-head exists, value metrics on a balanced panel of their own (``validate_value``).
-"""
+"""The methods that weight the MTP loss per token: ``verifiable`` (TD weights from the value
+head), its control ``verifiable_uniform`` (the same value loss, every token weighted 1) and
+``rho1`` (tokens selected by their excess loss over a frozen reference)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 
 from weighted_mtp.alignment import IGNORE_INDEX
 from weighted_mtp.losses.linear_cross_entropy import RowGroup, linear_cross_entropy
+from weighted_mtp.losses.methods.base import (
+    Method,
+    batch_rewards,
+    report_mtp,
+    value_metrics,
+    value_squared_error,
+)
+from weighted_mtp.losses.methods.context import Batch, LossContext, PolicyModule
 from weighted_mtp.losses.metric_values import MetricValues
 from weighted_mtp.losses.mtp import mtp_cross_entropy
 from weighted_mtp.weighting import (
     exact_top_k,
-    last_masked_index,
     n_selected_counts,
     td_errors,
     td_weights,
 )
 from weighted_mtp.weighting.metrics import clipped_fraction, normalized_entropy, sequence_mean
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _own_part(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    return x, 0
-
-
-@dataclass
-class LossContext:
-    """Step-level facts a micro-batch loss needs.
-
-    Attributes:
-        denominators: ``[n_heads]`` float64, each head's valid target tokens over the whole
-            optimizer step (all micro-batches, all ranks).
-        loss_scale: multiplies every loss (the world size: DDP/FSDP2 average gradients).
-        n_micro: micro-batches in the step (gradient accumulation).
-        all_gather: concatenates a 1-D tensor across ranks (rank order) and returns it with
-            the offset of this rank's part in it.
-        all_reduce_sum: sums a tensor across ranks.
-        chunk_size: rows of logits alive at once.
-        micro_counts: ``[n_micro, n_heads]`` float64, each micro-batch's valid target tokens
-            per head summed over ranks (``denominators`` is their sum); None = the step is one
-            micro-batch (``denominators``). Rho-1 derives its step's kept counts from it.
-    """
-
-    denominators: torch.Tensor
-    loss_scale: float = 1.0
-    n_micro: int = 1
-    all_gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] = _own_part
-    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _identity
-    chunk_size: int = 1024
-    micro_counts: torch.Tensor | None = None
-
-
-@dataclass
-class Batch:
-    """One micro-batch on the training device. ``targets`` is the target view
-    (``alignment.shift_labels(labels)``); ``ref_ce [B, T]`` is the reference model's CE of
-    each target token (Rho-1 only)."""
-
-    input_ids: torch.Tensor
-    targets: torch.Tensor
-    is_correct: torch.Tensor | None = None
-    ref_ce: torch.Tensor | None = None
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-class PolicyModule(Protocol):
-    """What a method may use of the training module."""
-
-    n_heads: int
-    value_head: torch.nn.Module | None
-
-    def head_hiddens(self, tokens: torch.Tensor, n_heads: int | None = None) -> list[torch.Tensor]:
-        """Normed hidden states ``[B, T, dim]`` of heads ``0 .. n_heads-1``."""
-        ...
-
-    def output_weight(self) -> torch.Tensor:
-        """The shared unembedding ``[V, dim]``."""
-        ...
-
-
-def _report_mtp(metrics: MetricValues, head_losses: torch.Tensor, prefix: str) -> None:
-    for k, value in enumerate(head_losses):
-        metrics.add_sum(f"{prefix}/head_{k}_loss", value)
-
-
-def _rewards(batch: Batch, method: str) -> torch.Tensor:
-    if batch.is_correct is None:
-        raise ValueError(f"{method}: the batch has no is_correct (the reward); check the data")
-    return batch.is_correct.to(torch.float64)
-
-
-def value_squared_error(
-    values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Sum over masked positions of ``(V(s_t) - R)^2``: the Monte-Carlo value target (the
-    sequence's final reward at every output position)."""
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    err = values.to(dtype) - rewards[:, None].to(dtype)
-    return torch.where(mask, err * err, torch.zeros_like(err)).sum()
-
-
-def _value_metrics(
-    metrics: MetricValues,
-    values: torch.Tensor,
-    rewards: torch.Tensor,
-    mask: torch.Tensor,
-    prefix: str,
-) -> dict[str, torch.Tensor]:
-    v = values.detach().double()
-    correct_pred = (v > 0.5) == (rewards[:, None] > 0.5)
-    metrics.add_mean(f"{prefix}/value_accuracy", (correct_pred & mask).sum(), mask.sum())
-    metrics.add_mean(f"{prefix}/value_mean", torch.where(mask, v, 0.0).sum(), mask.sum())
-    last = last_masked_index(mask)
-    has = last >= 0
-    last_v = v.gather(1, last.clamp_min(0)[:, None]).squeeze(1)[has]
-    return {"last_value": last_v, "is_correct": rewards[has] > 0.5}
-
-
-# --------------------------------------------------------------------------- methods
-#: VerifiableMethod's default TD weighting (ARCHITECTURE.md, "Weighting semantics").
-TD_DEFAULTS: dict[str, float] = {"gamma": 1.0, "beta": 0.9, "w_min": 0.1, "w_max": 5.0}
-
-
-class Method:
-    """Base: uniform MTP loss on every head (the ``baseline``)."""
-
-    name = "baseline"
-    uses_value_head = False
-    trains_policy = True
-
-    def configure(self, module: torch.nn.Module) -> None:
-        """Set ``requires_grad`` of the module's parameters for this method."""
-        module.requires_grad_(True)
-
-    def prepare(self, batch: Batch) -> None:
-        """Extra no-grad inputs computed outside the wrapped module (Rho-1's reference)."""
-
-    def loss(
-        self, module: PolicyModule, batch: Batch, ctx: LossContext
-    ) -> tuple[torch.Tensor, MetricValues]:
-        out = mtp_cross_entropy(
-            module.head_hiddens(batch.input_ids),
-            module.output_weight(),
-            batch.targets,
-            denominators=ctx.denominators,
-            loss_scale=ctx.loss_scale,
-            chunk_size=ctx.chunk_size,
-        )
-        metrics = MetricValues()
-        metrics.add_sum("train/loss", out.head_losses.sum())
-        _report_mtp(metrics, out.head_losses, "train")
-        return out.loss, metrics
-
-    def validate(
-        self, module: PolicyModule, batch: Batch, ctx: LossContext
-    ) -> tuple[MetricValues, dict[str, torch.Tensor]]:
-        """The loss panel (correct held-out rows, the same for every method): the uniform MTP
-        loss ``val/loss`` and ``val/head_{k}_loss`` whatever the method trains with, so that
-        runs compare on one scale. Nothing for a method that trains no policy (the critic)."""
-        metrics = MetricValues()
-        if self.trains_policy:
-            out = mtp_cross_entropy(
-                module.head_hiddens(batch.input_ids),
-                module.output_weight(),
-                batch.targets,
-                denominators=ctx.denominators,
-                chunk_size=ctx.chunk_size,
-            )
-            metrics.add_sum("val/loss", out.head_losses.sum())
-            _report_mtp(metrics, out.head_losses, "val")
-        return metrics, {}
-
-    def validate_value(
-        self, module: PolicyModule, batch: Batch, ctx: LossContext
-    ) -> tuple[MetricValues, dict[str, torch.Tensor]]:
-        """The value panel (balanced held-out rows; value-head methods): ``val/value_loss``
-        (MSE to the reward per output token), ``val/value_accuracy``, ``val/value_mean``, and
-        as extras the values ``[B, T]`` (float64), ``mask`` and ``rewards`` from which the loop
-        computes the AUCs and the bug diagnostics
-        (:func:`weighted_mtp.weighting.metrics.value_panel_parts`)."""
-        metrics = MetricValues()
-        if not self.uses_value_head or module.value_head is None:
-            return metrics, {}
-        mask = batch.targets != IGNORE_INDEX
-        rewards = _rewards(batch, self.name)
-        values = module.value_head(module.head_hiddens(batch.input_ids, 1)[0], mask)
-        sq = value_squared_error(values, rewards, mask)
-        metrics.add_sum("val/value_loss", sq / ctx.denominators[0])
-        _value_metrics(metrics, values, rewards, mask, "val")
-        return metrics, {"values": values.detach().double(), "mask": mask, "rewards": rewards}
-
-    def td_settings(self) -> dict[str, float]:
-        """The TD weighting (``gamma, beta, w_min, w_max``) the value panel reports weights
-        with: verifiable's defaults, unless the method has its own (:class:`VerifiableMethod`).
-        The critic reports what verifiable with default settings would make of its values."""
-        return dict(TD_DEFAULTS)
-
-    def validation_summary(self, values: dict[str, float]) -> dict[str, float]:
-        """Metrics derived from the reduced validation metrics of every rank (``values``),
-        added to them by the loop; none by default."""
-        return {}
-
-
-class BaselineMethod(Method):
-    """Uniform MTP cross-entropy on correct solutions."""
-
-
-class CriticMethod(Method):
-    """Value head only; the MTP model is frozen and runs without autograd. Loss: MSE between
-    ``V(s_t)`` and the sequence reward (``is_correct`` as 1/0) at every output position."""
-
-    name = "critic"
-    uses_value_head = True
-    trains_policy = False
-
-    def configure(self, module: torch.nn.Module) -> None:
-        module.requires_grad_(False)
-        head = getattr(module, "value_head", None)
-        if head is None:
-            raise ValueError("critic: the training module has no value head")
-        head.requires_grad_(True)
-
-    def loss(
-        self, module: PolicyModule, batch: Batch, ctx: LossContext
-    ) -> tuple[torch.Tensor, MetricValues]:
-        assert module.value_head is not None
-        with torch.no_grad():
-            hidden = module.head_hiddens(batch.input_ids, 1)[0]
-        mask = batch.targets != IGNORE_INDEX
-        values = module.value_head(hidden, mask)
-        rewards = _rewards(batch, self.name)
-        value_loss = value_squared_error(values, rewards, mask) / ctx.denominators[0]
-        metrics = MetricValues()
-        metrics.add_sum("train/loss", value_loss.detach())
-        metrics.add_sum("critic/value_loss", value_loss.detach())
-        _value_metrics(metrics, values, rewards, mask, "critic")
-        return value_loss * ctx.loss_scale, metrics
 
 
 @dataclass
@@ -283,7 +58,7 @@ class VerifiableMethod(Method):
         hiddens = module.head_hiddens(batch.input_ids)
         mask = batch.targets != IGNORE_INDEX
         values = module.value_head(hiddens[0], mask)
-        rewards = _rewards(batch, self.name)
+        rewards = batch_rewards(batch, self.name)
         v = values.detach().double()
         td = td_errors(v, rewards, mask, self.gamma)
         weights = td_weights(td, mask, self.beta, self.w_min, self.w_max)
@@ -305,7 +80,7 @@ class VerifiableMethod(Method):
         metrics.add_sum("train/loss", mtp + self.value_coef * value_loss.detach())
         metrics.add_sum("train/mtp_loss", mtp)
         metrics.add_sum("train/value_loss", value_loss.detach())
-        _report_mtp(metrics, out.head_losses, "train")
+        report_mtp(metrics, out.head_losses, "train")
         metrics.add_moments("td", td[mask])
         metrics.add_moments("weights", weights[mask])
         # No host read per micro-batch: an empty mask gives +-inf, which min/max over nothing
@@ -325,7 +100,7 @@ class VerifiableMethod(Method):
         # Pooled over the step's sequences on every rank (a per-micro-batch correlation of a
         # handful of sequences would be noise).
         metrics.add_pearson("weights/correct_correlation", seq_mean[has], rewards[has])
-        _value_metrics(metrics, values, rewards, mask, "critic")
+        value_metrics(metrics, values, rewards, mask, "critic")
         return loss, metrics
 
 
@@ -434,7 +209,7 @@ class Rho1Method(Method):
             excess0 = out.ce[0].double() - ref_ce
             metrics.add_mean("rho1/excess_loss_head_0", excess0[valid0].sum(), valid0.sum())
         metrics.add_sum("train/loss", out.head_losses.sum())
-        _report_mtp(metrics, out.head_losses, "train")
+        report_mtp(metrics, out.head_losses, "train")
         return out.loss, metrics
 
     def validate(
@@ -496,18 +271,3 @@ def reference_token_ce(
     full = torch.zeros(targets.shape, dtype=ce.dtype, device=hidden.device)
     full[valid] = ce
     return full
-
-
-__all__ = [
-    "Batch",
-    "BaselineMethod",
-    "CriticMethod",
-    "LossContext",
-    "Method",
-    "PolicyModule",
-    "Rho1Method",
-    "VerifiableMethod",
-    "VerifiableUniformMethod",
-    "reference_token_ce",
-    "value_squared_error",
-]

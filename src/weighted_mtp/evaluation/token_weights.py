@@ -1,5 +1,9 @@
 """Which tokens a weighting method up- or down-weights: the training loss's own weights,
-computed for a batch outside training, and an HTML view of them.
+computed for a batch outside training, and an HTML view of them (the notebook's token view).
+
+It lives on the evaluation side, above training: it runs the model, the losses and
+:class:`~weighted_mtp.training.module.MTPTrainingModule` so that what it shows is what the loss
+computes, while :mod:`weighted_mtp.weighting` stays maths on tensors.
 
 - :func:`td_token_weights`: the verifiable method's TD weights (critic values -> TD errors ->
   ``td_weights``), exactly as :class:`~weighted_mtp.losses.methods.VerifiableMethod` computes

@@ -7,23 +7,23 @@ import re
 import pytest
 import torch
 
-import weighted_mtp.losses.methods as methods
+import weighted_mtp.losses.methods.weighted as methods
 from tests.model_fixtures import tiny_args
 from weighted_mtp.alignment import head_valid_counts, shift_labels
 from weighted_mtp.data.collator import PromptOutputCollator
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.data.tokenizer_training import train_tokenizer
-from weighted_mtp.losses.methods import LossContext, Rho1Method, VerifiableMethod
-from weighted_mtp.model_io.reference import ReferenceModel
-from weighted_mtp.models.transformer import MTPTransformer
-from weighted_mtp.models.value_head import ValueHead
-from weighted_mtp.training.module import MTPTrainingModule
-from weighted_mtp.weighting.explain import (
+from weighted_mtp.evaluation.token_weights import (
     reference_ce,
     rho1_kept_tokens,
     td_token_weights,
     tokens_html,
 )
+from weighted_mtp.losses.methods import LossContext, Rho1Method, VerifiableMethod
+from weighted_mtp.model_io.reference import ReferenceModel
+from weighted_mtp.models.transformer import MTPTransformer
+from weighted_mtp.models.value_head import ValueHead
+from weighted_mtp.training.module import MTPTrainingModule
 
 SOLUTIONS = [
     ("a, b = map(int, input().split())\nprint(a + b)\n", True),
