@@ -26,6 +26,13 @@ shortens only the token-by-token part.
     .venv/bin/python benchmarks/speculative_decoding.py --train-steps 600 --save-model-dir /tmp/spec-model
     .venv/bin/python benchmarks/speculative_decoding.py --model-dir /tmp/spec-model
     .venv/bin/python benchmarks/speculative_decoding.py --model-dir data/06_models/baseline
+
+``--batch-sizes 1,2,4,8,16,32`` adds where speculation stops paying: speculative decoding
+decodes one prompt at a time, while the evaluation's greedy ``generate_samples`` decodes
+``batch_size`` rows per forward. The same prompts are decoded by ``generate_samples`` at each
+batch size (length-sorted batches, EOS and stop sequences, as the evaluation runs them; best of
+``--repeats``), and each rate is set against speculative decoding's: the smallest batch size at
+which batched greedy is faster is where ``evaluation.generation.speculative`` stops paying.
 """
 
 from __future__ import annotations
@@ -42,12 +49,13 @@ from weighted_mtp.data.collator import PromptOutputCollator
 from weighted_mtp.data.synthetic import generate_codecontests_rows
 from weighted_mtp.data.tokenizer import Tokenizer
 from weighted_mtp.data.tokenizer_training import train_tokenizer
-from weighted_mtp.evaluation.generation import generate
+from weighted_mtp.evaluation.generation import fit_prompts, generate, generate_samples
 from weighted_mtp.evaluation.prompts import PromptFormat, build_prompt
 from weighted_mtp.evaluation.speculative import SpeculativeStats, speculative_generate
 from weighted_mtp.losses.methods import BaselineMethod, LossContext
+from weighted_mtp.model_io import load_model
 from weighted_mtp.model_io.model_dir import save_model_dir
-from weighted_mtp.models import ModelArgs, MTPTransformer, load_model
+from weighted_mtp.models import ModelArgs, MTPTransformer
 from weighted_mtp.training.module import MTPTrainingModule
 
 # The default experiment's CodeContests prompt format (conf/base/parameters_evaluation.yml).
@@ -158,6 +166,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batch-sizes", default="", help="e.g. 1,2,4,8,16,32: batched greedy against speculative"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -177,8 +188,9 @@ def main() -> None:
         if args.save_model_dir:
             save_model_dir(model, model.args, tokenizer, args.save_model_dir, origin="benchmark")
             print(f"saved the model to {args.save_model_dir}")
-    prompts = test_prompts(tokenizer, args.n_prompts, args.seed)
     budget = args.max_new_tokens
+    # Longer prompts keep their last tokens, as the evaluation clips them.
+    prompts = fit_prompts(model, test_prompts(tokenizer, args.n_prompts, args.seed), budget)
     options = dict(
         max_new_tokens=budget,
         eos_id=tokenizer.eos_id,
@@ -247,6 +259,35 @@ def main() -> None:
     if not identical:
         raise SystemExit("speculative output differs from greedy")
     print(f"speed-up speculative / lean greedy: {greedy_s / spec_s:.2f}x")
+    if args.batch_sizes:
+        batched_greedy(model, prompts, options, spec_s, n_tokens, best_of, args.batch_sizes)
+
+
+def batched_greedy(model, prompts, options, spec_s, n_tokens, best_of, sizes: str) -> None:  # noqa: ANN001
+    """Batched greedy decoding of ``prompts`` at each batch size against speculative decoding's
+    ``spec_s`` seconds (one prompt at a time) for the same ``n_tokens``. Batch 1 is also
+    measured head to head above (prompt by prompt, interleaved), the fairer figure there."""
+    print(
+        f"batched greedy (generate_samples) against speculative ({n_tokens / spec_s:.1f} tokens/s):"
+    )
+    ratios = {}
+    for size in (int(s) for s in sizes.split(",")):
+        out = generate_samples(model, prompts, batch_size=size, **options)
+        tokens = sum(g.n_tokens for [g] in out)
+        seconds = best_of(
+            lambda size=size: generate_samples(model, prompts, batch_size=size, **options)
+        )
+        ratios[size] = (tokens / seconds) / (n_tokens / spec_s)
+        print(
+            f"  batch {size:3d}: {tokens / seconds:8.1f} tokens/s ({tokens} tokens, "
+            f"{seconds:.2f} s), {ratios[size]:.2f}x speculative"
+        )
+    # The smallest batch size from which batched greedy is faster at every larger size.
+    paying = [s for s in sorted(ratios) if all(ratios[t] > 1 for t in ratios if t >= s)]
+    print(
+        "batched greedy is faster than speculative decoding from batch size "
+        + (str(paying[0]) if paying else "(none measured)")
+    )
 
 
 if __name__ == "__main__":

@@ -306,9 +306,33 @@ def test_sampling_follows_the_distribution(top_p):
 def test_sampling_never_picks_a_zero_weight_token_at_the_edges(monkeypatch):
     # Uniform draws at 0 and just below 1 hit the ends of the cumulative weights, where
     # zero-weight tokens sit (masked out of the nucleus, or underflowed probabilities).
-    from weighted_mtp.evaluation import generation
+    from weighted_mtp.evaluation import sampling
 
     edges = torch.tensor([[0.0], [1.0 - 2**-24]])
-    monkeypatch.setattr(generation.torch, "rand", lambda shape, **kw: edges.to(kw["dtype"]))
+    monkeypatch.setattr(sampling.torch, "rand", lambda shape, **kw: edges.to(kw["dtype"]))
     weights = torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]).repeat(2, 1)
-    assert generation._inverse_cdf(weights, None).tolist() == [1, 3]
+    assert sampling._inverse_cdf(weights, None).tolist() == [1, 3]
+
+
+def test_row_generators_sample_each_row_as_it_would_alone(model):
+    # One generator per row: a row's samples do not depend on its neighbours, nor on the rows
+    # that leave the batch before it (EOS, stop), so any split of rows gives the same samples.
+    seeds = [11, 12, 13, 14, 15]
+
+    def streams(chosen):
+        return [torch.Generator().manual_seed(s) for s in chosen]
+
+    sampling = dict(max_new_tokens=16, temperature=0.9, top_p=0.95)
+    free = generate(model, MIXED, generators=streams(seeds), **sampling)
+    eos = free[1].token_ids[5]
+    stop = (decode(free[3].token_ids)[1:3],)
+    rules = dict(eos_id=eos, decode=decode, stop=stop, **sampling)
+    batched = generate(model, MIXED, generators=streams(seeds), **rules)
+    assert {g.finish_reason for g in batched} >= {"eos", "stop"}
+    alone = [
+        generate(model, [prompt], generators=streams([seed]), **rules)[0]
+        for prompt, seed in zip(MIXED, seeds, strict=True)
+    ]
+    assert batched == alone
+    with pytest.raises(ValueError, match="generators for"):
+        generate(model, MIXED, generators=streams(seeds[:2]), **sampling)

@@ -144,8 +144,8 @@ def test_pipeline_runs_and_writes_every_output(tmp_path, tokenizer, model_dirs, 
         "eval_problems_codecontests": MemoryDataset(CODECONTESTS),
         "tokenizer": MemoryDataset(tokenizer, copy_mode="assign"),
         "params:evaluation": MemoryDataset(params, copy_mode="assign"),
-        "params:runtime.device": MemoryDataset("cpu"),
-        "params:runtime.dtype": MemoryDataset("float32"),
+        "params:runtime": MemoryDataset({"device": "cpu", "dtype": "float32"}),
+        "evaluation_runs": MemoryDataset(str(tmp_path / "runs")),
         "evaluation_results": JSONDataset(filepath=str(out / "results.json")),
         "evaluation_table": CSVDataset(
             filepath=str(out / "pass_at_k.csv"), save_args={"index": False}

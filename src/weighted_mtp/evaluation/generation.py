@@ -10,6 +10,9 @@ A decoding step is lean: the RoPE rows and key mask of every step are built once
 and only sliced per step, only the prompt's last position is unembedded, and the new tokens
 come to the host only when EOS or stop sequences need them.
 
+How the next token is picked, each row's random stream and which rows share a batch are in
+:mod:`weighted_mtp.evaluation.sampling`.
+
 A row finishes at EOS, at a stop sequence found in its decoded text (the completion is cut
 there) or after ``max_new_tokens``; finished rows leave the batch (their cache rows are
 dropped), and the loop ends when no row is left.
@@ -25,10 +28,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
+from weighted_mtp.evaluation.sampling import Row, plan_batches, row_generators, select_next_token
 from weighted_mtp.models.transformer import AttentionContext, MTPTransformer
 
 logger = logging.getLogger(__name__)
@@ -70,47 +75,6 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def select_next_token(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick the next token of each row from ``logits [B, V]`` -> ``[B]`` (long).
-
-    ``temperature <= 0`` is greedy (argmax). Otherwise sample from ``softmax(logits / T)``
-    restricted to the nucleus: the most probable tokens whose preceding cumulative mass is
-    below ``top_p`` (the top token is always kept, so a tiny ``top_p`` is greedy).
-
-    Sampling inverts the cumulative distribution with one uniform number per row
-    (``searchsorted``), which draws from the same distribution as ``torch.multinomial`` at a
-    fraction of its cost on CPU (multinomial took a quarter of a sampled decoding step).
-    """
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p >= 1.0:
-        return _inverse_cdf(probs, generator)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-    choice = _inverse_cdf(sorted_probs, generator)
-    return order.gather(-1, choice[:, None]).squeeze(-1)
-
-
-def _inverse_cdf(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row of ``weights [B, V]`` (>= 0, unnormalised), drawn with probability
-    proportional to its weight -> ``[B]``: the first index whose cumulative weight exceeds
-    ``u * total``, ``u`` uniform in [0, 1)."""
-    cdf = weights.cumsum(dim=-1)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype)
-    # u <= 1 - 2**-p, so u * total rounds strictly below total; "right" finds the first entry
-    # above the target, never a zero-weight one (their cumulative weight equals the previous).
-    return torch.searchsorted(cdf, u * total, right=True).squeeze(-1)
 
 
 def left_pad(
@@ -259,6 +223,7 @@ def generate(
     decode: Decode | None = None,
     stop: Sequence[str] = (),
     generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> list[Generation]:
     """Generate one completion per prompt, all rows in one batch.
 
@@ -272,6 +237,8 @@ def generate(
         decode: token ids -> text; needed for ``stop`` and for ``Generation.text``.
         stop: a row finishes as soon as its decoded text contains one of these strings.
         generator: the random source for sampling (seed it for reproducible samples).
+        generators: one CPU generator per prompt, instead of ``generator``: each row samples
+            from its own stream (:func:`select_next_token`), whatever batch it is in.
 
     Returns:
         ``B`` :class:`Generation`, in prompt order.
@@ -282,6 +249,8 @@ def generate(
         raise ValueError("generate: every prompt needs at least one token")
     if stop and decode is None:
         raise ValueError("generate: stop sequences need a decode function")
+    if generators is not None and len(generators) != len(prompts):
+        raise ValueError(f"generate: {len(generators)} generators for {len(prompts)} prompts")
     if max_new_tokens <= 0:
         return [Generation([], "", "length") for _ in prompts]
 
@@ -300,7 +269,11 @@ def generate(
         out = torch.empty(len(prompts), max_new_tokens, dtype=torch.long, device=device)
         for step in range(max_new_tokens):
             next_tokens = select_next_token(
-                logits, temperature=temperature, top_p=top_p, generator=generator
+                logits,
+                temperature=temperature,
+                top_p=top_p,
+                generator=generator,
+                generators=generators,
             )
             out[:, step] = next_tokens
             if step + 1 < max_new_tokens:
@@ -314,9 +287,14 @@ def generate(
     completions: list[list[int]] = [[] for _ in prompts]
     reasons = ["length"] * len(prompts)
     rows = list(range(len(prompts)))  # original index of each active row
+    row_generators = list(generators) if generators is not None else None
     for step in range(max_new_tokens):
         next_tokens = select_next_token(
-            logits, temperature=temperature, top_p=top_p, generator=generator
+            logits,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
+            generators=row_generators,
         )
         keep = []
         for j, (row, token) in enumerate(zip(rows, next_tokens.tolist(), strict=True)):
@@ -335,6 +313,8 @@ def generate(
             decoder.select_rows(index)
             next_tokens = next_tokens.index_select(0, index)
             rows = [rows[j] for j in keep]
+            if row_generators is not None:
+                row_generators = [row_generators[j] for j in keep]
         logits = decoder.step(next_tokens, step)
     return [
         Generation(ids, text_of(ids), reason)
@@ -347,6 +327,52 @@ def clip_prompt(ids: list[int], max_prompt_tokens: int) -> list[int]:
     return ids if len(ids) <= max_prompt_tokens else ids[len(ids) - max_prompt_tokens :]
 
 
+def fit_prompts(
+    model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """``prompts`` with those longer than the model's ``max_seq_len - max_new_tokens`` cut to
+    their last tokens (logged); unchanged for a model without ``args.max_seq_len``.
+
+    Raises:
+        ValueError: ``max_new_tokens`` leaves no room for a prompt.
+    """
+    max_seq_len = getattr(getattr(model, "args", None), "max_seq_len", None)
+    if max_seq_len is None:
+        return [list(p) for p in prompts]
+    budget = max_seq_len - max_new_tokens
+    if budget < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt")
+    clipped = [clip_prompt(list(p), budget) for p in prompts]
+    n_clipped = sum(len(a) != len(b) for a, b in zip(clipped, prompts, strict=True))
+    if n_clipped:
+        logger.warning("%d prompt(s) clipped to their last %d tokens", n_clipped, budget)
+    return clipped
+
+
+def generate_rows(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    rows: Sequence[Row],
+    *,
+    seed: int = 0,
+    stream: str = "",
+    temperature: float = 0.0,
+    **options: Any,
+) -> list[Generation]:
+    """One batch of :func:`generate`: row ``(p, s)`` is sample ``s`` of ``prompts[p]``; sampled
+    rows draw from their own generator (:func:`~weighted_mtp.evaluation.sampling.pair_seed`
+    of ``seed``, ``stream`` and the row), so a row's completion is the same in any batch order
+    and on any worker. ``options``: :func:`generate`'s other keyword arguments."""
+    generators = row_generators(seed, rows, stream) if temperature > 0 else None
+    return generate(
+        model,
+        [prompts[p] for p, _ in rows],
+        temperature=temperature,
+        generators=generators,
+        **options,
+    )
+
+
 def generate_samples(
     model: nn.Module,
     prompts: Sequence[list[int]],
@@ -357,6 +383,7 @@ def generate_samples(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    stream: str = "",
     eos_id: int | None = None,
     pad_id: int = 0,
     decode: Decode | None = None,
@@ -366,8 +393,10 @@ def generate_samples(
     """``n_samples`` completions for each tokenised prompt, ``batch_size`` rows at a time.
 
     Rows (prompt x sample) are sorted by prompt length before batching so that a batch holds
-    similar lengths and pads little. Sampling draws from one ``torch.Generator`` seeded with
-    ``seed``, so the same call returns the same samples. Prompts longer than the model's
+    similar lengths and pads little (:func:`~weighted_mtp.evaluation.sampling.plan_batches`,
+    the same batches the data-parallel workers share out). Each row samples from a generator
+    seeded with ``(seed, stream, prompt, sample)``, so the same call returns the same samples,
+    however the rows are split between processes. Prompts longer than the model's
     ``max_seq_len - max_new_tokens`` keep their last tokens (logged).
     ``progress(done_rows, total_rows)`` is called after each batch.
 
@@ -376,30 +405,17 @@ def generate_samples(
     """
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
-    max_seq_len = getattr(getattr(model, "args", None), "max_seq_len", None)
-    if max_seq_len is not None:
-        budget = max_seq_len - max_new_tokens
-        if budget < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt")
-        clipped = [clip_prompt(list(p), budget) for p in prompts]
-        n_clipped = sum(len(a) != len(b) for a, b in zip(clipped, prompts, strict=True))
-        if n_clipped:
-            logger.warning("%d prompt(s) clipped to their last %d tokens", n_clipped, budget)
-        prompts = clipped
-
-    device = _model_device(model)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    rows = sorted(
-        ((p, s) for p in range(len(prompts)) for s in range(n_samples)),
-        key=lambda row: len(prompts[row[0]]),
-    )
+    prompts = fit_prompts(model, prompts, max_new_tokens)
+    batches = plan_batches([len(p) for p in prompts], n_samples, batch_size)
     results: list[list[Generation | None]] = [[None] * n_samples for _ in prompts]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        generations = generate(
+    done, total = 0, len(prompts) * n_samples
+    for chunk in batches:
+        generations = generate_rows(
             model,
-            [prompts[p] for p, _ in chunk],
+            prompts,
+            chunk,
+            seed=seed,
+            stream=stream,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -407,10 +423,10 @@ def generate_samples(
             pad_id=pad_id,
             decode=decode,
             stop=stop,
-            generator=generator,
         )
         for (p, s), generation in zip(chunk, generations, strict=True):
             results[p][s] = generation
+        done += len(chunk)
         if progress is not None:
-            progress(start + len(chunk), len(rows))
+            progress(done, total)
     return results  # type: ignore[return-value]

@@ -126,7 +126,9 @@ class SamplingSettings:
     """How completions are drawn (``temperature == 0``: greedy, one sample per problem).
 
     ``speculative``: greedy self-speculative decoding, one prompt at a time (same output as
-    batched greedy; reports acceptance rate and tokens per forward). ``add_bos``: prepend BOS
+    batched greedy; reports acceptance rate and tokens per forward). It beats greedy decoding
+    only at ``batch_size`` 1: from 2 rows per forward batched greedy is faster
+    (docs/benchmarks/speculative_decoding.md), hence off by default. ``add_bos``: prepend BOS
     as the training collator does.
     """
 
@@ -156,6 +158,81 @@ class SamplingSettings:
         return 1 if self.temperature <= 0 else self.n_samples
 
 
+def group_by_dataset(
+    problems: Sequence[Mapping[str, Any]], formats: Mapping[str, PromptFormat]
+) -> dict[str, list[Mapping[str, Any]]]:
+    """``problems`` by their ``dataset`` (first-seen order), each dataset checked to have a
+    prompt format.
+
+    Raises:
+        PromptFormatError: a dataset has no entry in ``formats``.
+    """
+    by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for problem in problems:
+        by_dataset[problem.get("dataset") or "unknown"].append(problem)
+    missing = sorted(set(by_dataset) - set(formats))
+    if missing:
+        raise PromptFormatError(f"no prompt format for dataset(s) {missing}")
+    return dict(by_dataset)
+
+
+def encode_prompts(
+    tokenizer: TextTokenizer,
+    group: Sequence[Mapping[str, Any]],
+    prompt_format: PromptFormat,
+    settings: SamplingSettings,
+) -> list[list[int]]:
+    """The token ids the model is given for each problem of one dataset."""
+    return [tokenizer.encode(build_prompt(p, prompt_format), bos=settings.add_bos) for p in group]
+
+
+def dataset_stats(
+    group: Sequence[Mapping[str, Any]],
+    prompts: Sequence[Sequence[int]],
+    generations: Sequence[Sequence[Any]],
+    seconds: float,
+    speculative: SpeculativeStats | None = None,
+) -> dict[str, float]:
+    """The generation stats of one dataset (see :func:`complete_problems`)."""
+    n_tokens = [g.n_tokens for per_problem in generations for g in per_problem]
+    stats = {
+        "n_problems": len(group),
+        "n_samples": len(n_tokens),
+        "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
+        "mean_generated_tokens": sum(n_tokens) / len(n_tokens),
+        "seconds": seconds,
+        "generated_tokens_per_s": sum(n_tokens) / seconds if seconds > 0 else 0.0,
+    }
+    if speculative is not None:
+        stats["acceptance_rate"] = speculative.acceptance_rate
+        stats["tokens_per_forward"] = speculative.tokens_per_forward
+    return stats
+
+
+def sample_records(
+    problems: Sequence[Mapping[str, Any]],
+    by_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
+    generations: Mapping[str, Sequence[Sequence[Any]]],
+) -> list[dict[str, Any]]:
+    """One sample record per generation (see :func:`complete_problems`), in problem order;
+    ``generations[dataset][i]`` are the completions of ``by_dataset[dataset][i]``."""
+    samples_by_task: dict[str, list[dict[str, Any]]] = {}
+    for dataset, group in by_dataset.items():
+        for problem, per_problem in zip(group, generations[dataset], strict=True):
+            samples_by_task[problem["task_id"]] = [
+                {
+                    "task_id": problem["task_id"],
+                    "dataset": dataset,
+                    "sample_index": index,
+                    "completion": g.text,
+                    "n_generated_tokens": g.n_tokens,
+                    "finish_reason": g.finish_reason,
+                }
+                for index, g in enumerate(per_problem)
+            ]
+    return [s for p in problems for s in samples_by_task[p["task_id"]]]
+
+
 def complete_problems(
     model: nn.Module,
     tokenizer: TextTokenizer,
@@ -166,7 +243,10 @@ def complete_problems(
     """Generate ``settings.samples_per_problem`` completions for every problem.
 
     Problems are grouped by their ``dataset`` (each has its prompt format and stop sequences
-    in ``formats``); progress is logged per batch.
+    in ``formats``); progress is logged per batch. Sample ``s`` of a problem draws from its
+    own random stream (``settings.seed``, the dataset, the problem's index in it, ``s``), so
+    the data-parallel workers of :mod:`weighted_mtp.evaluation.parallel_generation` give the
+    same samples.
 
     Returns:
         ``(samples, stats)``: samples ``{"task_id", "dataset", "sample_index", "completion",
@@ -175,20 +255,12 @@ def complete_problems(
         "mean_prompt_tokens", "mean_generated_tokens", "seconds", "generated_tokens_per_s"}``
         plus ``acceptance_rate`` and ``tokens_per_forward`` with speculative decoding.
     """
-    by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for problem in problems:
-        by_dataset[problem.get("dataset") or "unknown"].append(problem)
-    missing = sorted(set(by_dataset) - set(formats))
-    if missing:
-        raise PromptFormatError(f"no prompt format for dataset(s) {missing}")
-
-    samples_by_task: dict[str, list[dict[str, Any]]] = {}
+    by_dataset = group_by_dataset(problems, formats)
+    all_generations: dict[str, list[list[Any]]] = {}
     stats: dict[str, dict[str, float]] = {}
     for dataset, group in by_dataset.items():
         prompt_format = formats[dataset]
-        prompts = [
-            tokenizer.encode(build_prompt(p, prompt_format), bos=settings.add_bos) for p in group
-        ]
+        prompts = encode_prompts(tokenizer, group, prompt_format, settings)
         started = time.perf_counter()
         if settings.speculative:
             generations, spec = _speculative(
@@ -204,6 +276,7 @@ def complete_problems(
                 temperature=settings.temperature,
                 top_p=settings.top_p,
                 seed=settings.seed,
+                stream=dataset,
                 eos_id=tokenizer.eos_id,
                 pad_id=tokenizer.pad_id,
                 decode=tokenizer.decode,
@@ -214,40 +287,17 @@ def complete_problems(
             )
             spec = None
         seconds = time.perf_counter() - started
-        n_tokens = [g.n_tokens for per_problem in generations for g in per_problem]
-        stats[dataset] = {
-            "n_problems": len(group),
-            "n_samples": len(n_tokens),
-            "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
-            "mean_generated_tokens": sum(n_tokens) / len(n_tokens),
-            "seconds": seconds,
-            "generated_tokens_per_s": sum(n_tokens) / seconds if seconds > 0 else 0.0,
-        }
-        if spec is not None:
-            stats[dataset]["acceptance_rate"] = spec.acceptance_rate
-            stats[dataset]["tokens_per_forward"] = spec.tokens_per_forward
+        stats[dataset] = dataset_stats(group, prompts, generations, seconds, spec)
+        all_generations[dataset] = generations
         logger.info(
             "%s: %d problems, %d samples, %.1f generated tokens on average, %.1f s",
             dataset,
             len(group),
-            len(n_tokens),
+            stats[dataset]["n_samples"],
             stats[dataset]["mean_generated_tokens"],
             seconds,
         )
-        for problem, per_problem in zip(group, generations, strict=True):
-            samples_by_task[problem["task_id"]] = [
-                {
-                    "task_id": problem["task_id"],
-                    "dataset": dataset,
-                    "sample_index": index,
-                    "completion": g.text,
-                    "n_generated_tokens": g.n_tokens,
-                    "finish_reason": g.finish_reason,
-                }
-                for index, g in enumerate(per_problem)
-            ]
-    samples = [s for p in problems for s in samples_by_task[p["task_id"]]]
-    return samples, stats
+    return sample_records(problems, by_dataset, all_generations), stats
 
 
 def _speculative(

@@ -85,3 +85,9 @@ def parse_event(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) else None
+
+
+def hms(seconds: float) -> str:
+    """``seconds`` as ``H:MM:SS`` (an ETA in a progress line)."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -37,8 +38,8 @@ from weighted_mtp.evaluation.comparison import (
 )
 from weighted_mtp.evaluation.diagnostics import diagnose
 from weighted_mtp.evaluation.execution import check_completions
+from weighted_mtp.evaluation.parallel_generation import generate_for_model
 from weighted_mtp.evaluation.problems import validate_problem
-from weighted_mtp.evaluation.prompts import complete_problems
 from weighted_mtp.evaluation.report import (
     REFERENCE_MODEL,
     figure_png,
@@ -52,6 +53,12 @@ from weighted_mtp.evaluation.scoring import summarise
 from weighted_mtp.model_io.loading import ModelDirectory
 from weighted_mtp.model_io.tokenizer_check import check_model_tokenizer
 from weighted_mtp.pipelines.evaluation.params import EvaluationParams
+from weighted_mtp.pipelines.job_environment import (
+    credential_env,
+    new_run_dir,
+    public_storage_options,
+    runtime_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +129,21 @@ def generate_completions(
     tokenizer: Tokenizer,
     problems: list[dict[str, Any]],
     params: EvaluationParams,
-    device: str,
-    dtype: str,
+    runtime: Mapping[str, Any],
+    evaluation_runs: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Load the model and complete every problem; returns the samples and generation stats.
+    """Complete every problem with the model; returns the samples and generation stats.
+
+    Logs the cost first. With ``runtime.nproc_per_node > 1``, that many torchrun workers on
+    this node generate (:mod:`weighted_mtp.evaluation.parallel_generation`; run directory
+    ``<evaluation_runs>/<model>/<UTC time>``), else this process: the samples are the same.
 
     Raises:
         TokenizerMismatchError: before the weights are read, when ``tokenizer`` (the catalog
             entry that encodes the prompts) has another size than the model's vocabulary or
             differs from the ``tokenizer.model`` the model directory ships.
     """
+    runtime = runtime_params(runtime)
     check_model_tokenizer(
         model_dir,
         tokenizer,
@@ -143,12 +155,17 @@ def generate_completions(
             "trained with the data's tokenizer, or point `tokenizer` at the one they ship"
         ),
     )
-    logger.info("loading %s on %s (%s)", model_dir.path, device, dtype)
-    model = model_dir.load(device=device, dtype=dtype)
-    samples, stats = complete_problems(
-        model, tokenizer, problems, params.formats, params.generation
+    return generate_for_model(
+        model_dir,
+        tokenizer,
+        problems,
+        params.formats,
+        params.generation,
+        runtime,
+        lambda: new_run_dir(evaluation_runs, Path(model_dir.path.rstrip("/")).name or "model"),
+        storage_options=public_storage_options(model_dir.storage_options),
+        extra_env=credential_env(model_dir.storage_options),
     )
-    return samples, {"model_dir": model_dir.path, "per_dataset": stats}
 
 
 def execute_completions(

@@ -101,8 +101,8 @@ def model_pipeline() -> Pipeline:
                     "tokenizer",
                     "evaluation_problems",
                     "params:evaluation",
-                    "params:runtime.device",
-                    "params:runtime.dtype",
+                    "params:runtime",
+                    "evaluation_runs",
                 ],
                 outputs=["completions", "generation_stats"],
                 name="generate_completions",
@@ -166,13 +166,13 @@ def create_pipeline(
                 "model_dir": name,
                 "tokenizer": "tokenizer",
                 "evaluation_problems": "evaluation_problems",
+                "evaluation_runs": "evaluation_runs",
             },
             # The result leaves the namespace under a plain name: compare_models reads it.
             outputs={"evaluation_result": f"{name}_evaluation_result"},
             parameters={
                 "params:evaluation": "params:evaluation",
-                "params:runtime.device": "params:runtime.device",
-                "params:runtime.dtype": "params:runtime.dtype",
+                "params:runtime": "params:runtime",
             },
         )
         for name in models

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from weighted_mtp.training.launcher.launch_spec import LaunchSpec
+from weighted_mtp.training.progress import hms
 
 # One logger for the whole launcher package: the name users filter on (see the docs).
 logger = logging.getLogger("weighted_mtp.training.launcher")
@@ -44,7 +45,7 @@ class _LogProgress:
             self._last_log = now
             text = _describe(event)
             eta = self._eta(now, step, max_steps)
-            logger.info("%s%s", text, f" | ETA {_hms(eta)}" if eta is not None else "")
+            logger.info("%s%s", text, f" | ETA {hms(eta)}" if eta is not None else "")
 
     def _eta(self, now: float, step: int, max_steps: Any) -> float | None:
         if self._first is None or not isinstance(max_steps, int):
@@ -70,7 +71,8 @@ class _RichProgress:
     def update(self, event: dict[str, Any]) -> None:
         phase = event.get("phase", "train")
         step, max_steps = event.get("step"), event.get("max_steps")
-        if phase != "train" or not isinstance(step, int):
+        # Generation workers report sequences done against the total the same way.
+        if phase not in ("train", "generate") or not isinstance(step, int):
             logger.info("%s", _describe(event))
             return
         if self._progress is None:
@@ -138,8 +140,3 @@ def _describe(event: dict[str, Any]) -> str:
     if "message" in event:
         rest.append(str(event["message"]))
     return " | ".join([head, *rest])
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
