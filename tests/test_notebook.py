@@ -55,6 +55,11 @@ def test_notebook_runs_headless_on_a_default_run(project: Path, monkeypatch):
     assert len(images) == 2  # the pass@k chart and the training curves
     assert "ci_low" in text and "n_samples" in text
     assert "no training history" not in text  # every method's curve was found
+    # The seeds table (pass_at_k_seeds.csv) and the critic's diagnostics per job.
+    assert "per_seed" in text and "n_seeds" in text
+    for column in ("value_auc_low", "value_auc_high", "bug_auc", "bug_weight_mean"):
+        assert column in text, column
+    assert "weights_std_last_100" in text and "verifiable_uniform" in text
     # The TD-weight view: one correct and one incorrect solution, every token coloured.
     assert "<h4>correct (" in text and "<h4>incorrect (" in text
     assert text.count("title='weight ") > 10

@@ -16,8 +16,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.model_fixtures import tiny_args, tiny_model
 from weighted_mtp.datasets import ModelDirectoryDataset
-from weighted_mtp.model_io.hf_config import args_from_hf_config
 from weighted_mtp.model_io import load_model
+from weighted_mtp.model_io.hf_config import args_from_hf_config
 from weighted_mtp.model_io.loading import ModelDirectory, read_model_args
 from weighted_mtp.model_io.meta_model import build_meta_model
 from weighted_mtp.model_io.model_dir import (
@@ -31,7 +31,7 @@ from weighted_mtp.model_io.model_dir import (
 )
 from weighted_mtp.models.args import ModelArgs, ModelArgsError
 from weighted_mtp.models.transformer import MTPTransformer
-from weighted_mtp.models.value_head import ValueHead
+from weighted_mtp.models.value_head import VALUE_FEATURES, ValueHead
 
 TOKENIZER = b"sentencepiece bytes"
 
@@ -89,32 +89,37 @@ def test_value_head_saved_or_fresh(tmp_path: Path, model, caplog) -> None:
     head = ValueHead(32)
     save_model_dir(model, model.args, TOKENIZER, tmp_path / "with", value_head=head)
     _, loaded_head = load_model(tmp_path / "with", with_value_head=True)
-    assert torch.equal(loaded_head.weight, head.weight)
+    for key, value in head.state_dict().items():
+        assert torch.equal(loaded_head.state_dict()[key], value), key
     assert isinstance(load_model(tmp_path / "with"), MTPTransformer)
 
     save_model_dir(model, model.args, TOKENIZER, tmp_path / "without")
     with caplog.at_level(logging.WARNING, logger="weighted_mtp.model_io.loading"):
         loaded, fresh = load_model(tmp_path / "without", dtype="bf16", with_value_head=True)
     assert "fresh initialisation" in caplog.text
-    assert fresh.weight.shape == (1, 32) and fresh.weight.dtype == torch.bfloat16
+    assert fresh.weight.shape == (1, VALUE_FEATURES) and fresh.weight.dtype == torch.bfloat16
     assert 0.005 < fresh.weight.float().std() < 0.05
     hidden = torch.randn(2, 5, 32, dtype=torch.bfloat16)
     assert fresh(hidden).shape == (2, 5)
 
 
-def test_value_head_saved_without_bias_is_refused_clearly(tmp_path: Path, model) -> None:
-    # Critic directories written before the running-mean head hold value_head.weight only:
-    # a per-position head, which this one does not compute. Loading them names the fix.
-    head = ValueHead(32)
-    save_model_dir(
-        model, model.args, TOKENIZER, tmp_path / "old", value_head={"weight": head.weight}
-    )
-    with pytest.raises(MissingKeyError, match="without value_head.'bias'.*retrain the critic"):
+@pytest.mark.parametrize("stored", [("weight",), ("weight", "bias")], ids=["no_bias", "linear"])
+def test_an_older_value_head_is_refused_clearly(tmp_path: Path, model, stored) -> None:
+    # Critic directories written before the running-max head hold value_head.weight [1, dim]
+    # (the per-position head) or weight and bias (the running-mean head): linear heads, which
+    # this one does not compute. Loading them names the fix.
+    old_head = {"weight": torch.randn(1, 32), "bias": torch.zeros(1)}
+    head = {k: old_head[k] for k in stored}
+    save_model_dir(model, model.args, TOKENIZER, tmp_path / "old", value_head=head)
+    with pytest.raises(MissingKeyError, match="older linear value head.*retrain the critic"):
         load_model(tmp_path / "old", with_value_head=True)
-    with pytest.raises(MissingKeyError, match="without value_head.'bias'.*retrain the critic"):
+    with pytest.raises(MissingKeyError, match="older linear value head.*retrain the critic"):
         build_meta_model(tmp_path / "old", with_value_head=True)
     assert isinstance(load_model(tmp_path / "old"), MTPTransformer)  # the policy still loads
 
+
+def test_a_value_head_without_its_weight_is_refused(tmp_path: Path, model) -> None:
+    head = ValueHead(32)
     save_model_dir(model, model.args, TOKENIZER, tmp_path / "bad", value_head={"bias": head.bias})
     with pytest.raises(MissingKeyError, match="value_head.'weight'"):
         load_model(tmp_path / "bad", with_value_head=True)

@@ -8,7 +8,6 @@ import torch
 from weighted_mtp.models import (
     ModelArgs,
     MTPTransformer,
-    ValueHead,
     apply_rope,
     debug_args,
     rope_tables,
@@ -134,29 +133,6 @@ def test_rope_matches_meta_complex_formula() -> None:
     cos, sin = rope_tables(d, 5, theta, dtype=torch.float64)
     torch.testing.assert_close(cos, cis.real)
     torch.testing.assert_close(sin, cis.imag)
-
-
-def test_value_head() -> None:
-    head = ValueHead(64)
-    assert list(head.state_dict()) == ["weight", "bias"] and head.weight.shape == (1, 64)
-    assert torch.equal(head.bias, torch.zeros(1))  # starts as the bias-free head
-    with torch.no_grad():
-        head.bias.fill_(0.5)
-    hidden = torch.randn(2, 5, 64)
-    values = head(hidden)
-    assert values.shape == (2, 5)
-    # Slow reference: the mean of the hidden states up to each position, read linearly.
-    for t in range(5):
-        pooled = hidden[:, : t + 1].mean(1)
-        torch.testing.assert_close(values[:, t], pooled @ head.weight[0] + 0.5)
-    # With a mask: the mean over masked positions so far; before the first one, its own state.
-    mask = torch.tensor([[False, False, True, True, True], [False, True, True, False, False]])
-    masked = head(hidden, mask)
-    for b in range(2):
-        for t in range(5):
-            upto = mask[b, : t + 1]
-            pooled = hidden[b, : t + 1][upto].mean(0) if upto.any() else hidden[b, t]
-            torch.testing.assert_close(masked[b, t], pooled @ head.weight[0] + 0.5)
 
 
 def test_errors_name_the_problem() -> None:

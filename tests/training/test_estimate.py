@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from weighted_mtp.models.args import ModelArgs
 from weighted_mtp.models.transformer import debug_args
+from weighted_mtp.models.value_head import ValueHead
 from weighted_mtp.training.config import PARAMS_BY_METHOD, RuntimeParams
 from weighted_mtp.training.estimate import (
     GIB,
@@ -122,8 +123,13 @@ def test_the_parts_add_up_and_the_report_ends_with_the_peak_line(results):
 def test_the_critic_holds_no_gradients_or_optimizer_states_but_the_value_heads(results):
     critic, _ = results[("critic", "none", 1)]
     baseline, _ = results[("baseline", "none", 2)]
-    assert critic.optimizer < baseline.optimizer / 100
-    assert critic.gradients < baseline.gradients / 100
+    # At most the value head's own fp32 AdamW states (2) and gradient (1), sharded over the
+    # 4 ranks (+10% for shard padding): nothing of the trunk's. (At 7B the head is ~2.1M
+    # weights, 0.03% of the model; at dim 64 it is a sizeable part, so no ratio to baseline.)
+    head = sum(p.numel() for p in ValueHead(ARGS.dim).parameters())
+    assert critic.optimizer <= 1.1 * 2 * 4 * head / 4
+    assert critic.gradients <= 1.1 * 4 * head / 4
+    assert baseline.optimizer > 5 * critic.optimizer
 
 
 def test_activation_checkpointing_lowers_the_activations(results):

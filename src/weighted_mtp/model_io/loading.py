@@ -268,28 +268,32 @@ def load_model(
 
 
 def value_head_state(head_state: Mapping[str, torch.Tensor], source: str) -> dict:
-    """A stored value head's tensors (keys without ``value_head.``), checked.
+    """A stored value head's tensors (keys without ``value_head.``), checked against
+    :attr:`ValueHead.STATE_KEYS`.
 
     Raises:
-        MissingKeyError: the weight is missing, or the bias: a head without one was written by
-            the per-position value head (before issue 16), whose function the running-mean
-            head (:class:`ValueHead`) does not compute; the message says to retrain the critic.
+        MissingKeyError: the weight is missing, or another of the head's tensors: a directory
+            with ``weight`` (and ``bias``) only was written by an older linear head (per
+            position, then over the running mean), whose function the running-max head
+            (:class:`ValueHead`) does not compute; the message says to retrain the critic.
         UnexpectedKeyError: an unknown key.
     """
     state = dict(head_state)
     if "weight" not in state:
         raise MissingKeyError(f"{source}: value head weight {VALUE_HEAD_PREFIX}'weight' missing")
-    unknown = sorted(set(state) - {"weight", "bias"})
+    unknown = sorted(set(state) - set(ValueHead.STATE_KEYS))
     if unknown:
         raise UnexpectedKeyError(
             f"{source}: unexpected value head tensor {VALUE_HEAD_PREFIX}{unknown[0]!r} "
-            "(expected weight and bias)"
+            f"(expected {', '.join(ValueHead.STATE_KEYS)})"
         )
-    if "bias" not in state:
+    missing = [k for k in ValueHead.STATE_KEYS if k not in state]
+    if missing:
         raise MissingKeyError(
-            f"{source}: value head without {VALUE_HEAD_PREFIX}'bias': it was trained as the "
-            "older per-position head (no bias), which the running-mean value head does not "
-            "read the same way; retrain the critic (kedro run --pipelines critic)"
+            f"{source}: value head without {VALUE_HEAD_PREFIX}{missing[0]!r}: it was trained "
+            "as an older linear value head, which the running-max value head (per-token "
+            "features) does not read the same way; retrain the critic "
+            "(kedro run --pipelines critic)"
         )
     return state
 

@@ -57,7 +57,10 @@ class MTPTrainingModule(_TrainingModule):
     """An :class:`MTPTransformer` (trunk, heads, shared norm + unembedding), optionally a
     :class:`ValueHead`, and the method whose loss ``forward`` computes.
 
-    State-dict keys are ``model.<Meta key>`` and ``value_head.weight``."""
+    State-dict keys are ``model.<Meta key>`` and ``value_head.<key>``
+    (:attr:`ValueHead.STATE_KEYS`). The critic trains the value head alone (its trunk is frozen
+    and runs without autograd), so the model it hands to verifiable is base_model's; in
+    verifiable (and its control) the value loss reaches the trunk through the head."""
 
     def __init__(self, model: MTPTransformer, value_head: ValueHead | None, method: Method) -> None:
         super().__init__()
