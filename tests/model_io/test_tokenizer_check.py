@@ -96,12 +96,13 @@ def test_model_directory_on_s3(moto_s3_endpoint: str) -> None:
 
 # --------------------------------------------------------------------------- evaluation node
 PARAMS = EvaluationParams(models=["m"], datasets={"humaneval": {}})
+RUNTIME = {"device": "cpu", "dtype": "float32"}
 
 
 def test_generation_refuses_another_tokenizer_before_loading(tmp_path: Path) -> None:
     model = ModelDirectory(str(params_only_dir(tmp_path / "m", 300, tokenizer(300).model_proto)))
     with pytest.raises(TokenizerMismatchError) as info:
-        generate_completions(model, tokenizer(290), [], PARAMS, "cpu", "float32")
+        generate_completions(model, tokenizer(290), [], PARAMS, RUNTIME, str(tmp_path / "runs"))
     message = str(info.value)
     assert "catalog entry `tokenizer`, which encodes the prompts" in message
     assert "(290 tokens" in message and "vocab_size is 300" in message
@@ -112,4 +113,4 @@ def test_generation_refuses_a_shipped_tokenizer_of_the_same_size(tmp_path: Path)
     assert retrained.vocab_size == 300 and retrained.model_proto != tokenizer(300).model_proto
     model = ModelDirectory(str(params_only_dir(tmp_path / "m", 300, retrained.model_proto)))
     with pytest.raises(TokenizerMismatchError, match=r"differs from .*m/tokenizer\.model"):
-        generate_completions(model, tokenizer(300), [], PARAMS, "cpu", "float32")
+        generate_completions(model, tokenizer(300), [], PARAMS, RUNTIME, str(tmp_path / "runs"))
