@@ -139,7 +139,7 @@ def test_critic_then_verifiable_through_the_catalog(project: Path):
     assert verifiable["world_size"] == 2 and verifiable["strategy"] == "fsdp"
     client, run, job = _latest_run(tracking_uri, "verifiable")
     assert run.data.params["verifiable.max_steps"] == "3"
-    assert run.data.params["verifiable.beta"] == "0.9"
+    assert run.data.params["verifiable.beta"] == "0.1"  # conf/base/parameters_verifiable.yml
     steps = [m.step for m in client.get_metric_history(job.info.run_id, "train/loss")]
     assert sorted(steps) == [1, 2, 3]
     assert client.get_metric_history(job.info.run_id, "weights/mean")

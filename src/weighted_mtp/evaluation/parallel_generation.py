@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,16 +45,15 @@ from weighted_mtp.evaluation.sampling import Row, batch_cost, plan_batches
 from weighted_mtp.evaluation.speculative import SpeculativeStats
 from weighted_mtp.model_io.loading import ModelDirectory
 from weighted_mtp.training.config import RuntimeParams
+from weighted_mtp.training.run_directory import RunDirectorySpec
 
 logger = logging.getLogger(__name__)
 
 #: The job's name in the rendezvous id (``launcher.rdzv_id``).
 GENERATION_METHOD = "generate"
-SPEC_FILE = "spec.json"
 TOKENIZER_FILE = "tokenizer.model"
 SHARD_DIR = "shards"
 PROGRESS_DIR = "progress"
-LOG_DIR = "logs"
 WORKER_MODULE = "weighted_mtp.evaluation.generation_worker"
 
 
@@ -72,7 +71,7 @@ class DatasetPrompts(BaseModel):
     stop: list[str] = Field(default_factory=list)
 
 
-class GenerationSpec(BaseModel):
+class GenerationSpec(RunDirectorySpec, BaseModel):
     """One data-parallel generation job (what every worker reads from ``spec.json``).
 
     It satisfies the launcher's spec shape: ``method`` (the rendezvous name), ``run_dir``,
@@ -90,6 +89,9 @@ class GenerationSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    spec_kind: ClassVar[str] = "generation spec"
+    #: One line: the spec carries every prompt.
+    spec_json_indent: ClassVar[int | None] = None
 
     method: str = GENERATION_METHOD
     run_dir: str
@@ -100,18 +102,6 @@ class GenerationSpec(BaseModel):
     eos_id: int
     pad_id: int
     datasets: list[DatasetPrompts]
-
-    @property
-    def run_path(self) -> Path:
-        return Path(self.run_dir)
-
-    @property
-    def spec_path(self) -> Path:
-        return self.run_path / SPEC_FILE
-
-    @property
-    def log_dir(self) -> Path:
-        return self.run_path / LOG_DIR
 
     @property
     def tokenizer_path(self) -> Path:
@@ -126,23 +116,6 @@ class GenerationSpec(BaseModel):
     @property
     def world_size(self) -> int:
         return self.runtime.nproc_per_node * self.runtime.nnodes
-
-    def write(self) -> Path:
-        """Write ``run_dir/spec.json`` (creating ``run_dir``); returns its path."""
-        self.run_path.mkdir(parents=True, exist_ok=True)
-        tmp = self.spec_path.with_suffix(".json.tmp")
-        tmp.write_text(self.model_dump_json() + "\n", encoding="utf-8")
-        os.replace(tmp, self.spec_path)
-        return self.spec_path
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> GenerationSpec:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read the generation spec ({exc})") from None
-        return cls.model_validate(raw)
 
 
 def one_node(runtime: RuntimeParams) -> RuntimeParams:

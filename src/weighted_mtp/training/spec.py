@@ -7,24 +7,21 @@ their environment, as fsspec and MLflow do.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from weighted_mtp.training.config import PARAMS_BY_METHOD, RuntimeParams, TrainingParams
+from weighted_mtp.training.run_directory import RunDirectorySpec
 from weighted_mtp.training.run_identity import RunIdentity, run_identity
 
-SPEC_FILE = "spec.json"
 PLAN_FILE = "data_plan.npz"
 HISTORY_FILE = "history.jsonl"
 FINAL_MODEL_DIR = "final_model"
-LOG_DIR = "logs"
 
 
-class JobSpec(BaseModel):
+class JobSpec(RunDirectorySpec, BaseModel):
     """One training job.
 
     Attributes:
@@ -50,6 +47,7 @@ class JobSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    spec_kind: ClassVar[str] = "job spec"
 
     method: str
     run_dir: str
@@ -69,14 +67,6 @@ class JobSpec(BaseModel):
 
     # ------------------------------------------------------------------ derived
     @property
-    def run_path(self) -> Path:
-        return Path(self.run_dir)
-
-    @property
-    def spec_path(self) -> Path:
-        return self.run_path / SPEC_FILE
-
-    @property
     def plan_path(self) -> Path:
         return self.run_path / PLAN_FILE
 
@@ -87,10 +77,6 @@ class JobSpec(BaseModel):
     @property
     def final_model_dir(self) -> Path:
         return self.run_path / FINAL_MODEL_DIR
-
-    @property
-    def log_dir(self) -> Path:
-        return self.run_path / LOG_DIR
 
     @property
     def checkpoint_path(self) -> Path:
@@ -134,19 +120,3 @@ class JobSpec(BaseModel):
         )
 
     # ------------------------------------------------------------------ IO
-    def write(self) -> Path:
-        """Write ``run_dir/spec.json`` (creating ``run_dir``); returns its path."""
-        self.run_path.mkdir(parents=True, exist_ok=True)
-        tmp = self.spec_path.with_suffix(".json.tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.spec_path)
-        return self.spec_path
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> JobSpec:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read the job spec ({exc})") from None
-        return cls.model_validate(raw)
