@@ -122,3 +122,12 @@ def test_diagnose_names_each_weighted_job_and_skips_the_others() -> None:
         "rho1: Rho-1 premise (reference better than the policy on every head): fails "
         "(excess loss at the first validation: head 0 +0.200, head 1 -0.100)."
     )
+
+
+def test_the_controls_sentence_says_its_weights_were_not_applied() -> None:
+    history = pd.DataFrame({"step": list(range(1, 101)), "weights/std": [0.4] * 100})
+    found = diagnose({"verifiable": history, "verifiable_uniform": history})
+    assert "TD weights non-uniform: yes" in found["verifiable"]["sentence"]
+    control = found["verifiable_uniform"]["sentence"]
+    assert "would have applied non-uniform: yes" in control
+    assert "not applied: every weight is 1" in control

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from weighted_mtp.seeds import split_seed
+from weighted_mtp.training.config import CONTROLS
 
 VALUE_AUC_LOW = "val/value_auc_low"
 VALUE_AUC = "val/value_auc"
@@ -170,7 +171,14 @@ def sentence(job: str, entry: Mapping[str, Any]) -> str:
             f"{weights['weights_std_mean']:.3f} "
             f"{'>' if weights['non_uniform'] else '<='} {weights['threshold']}"
         )
-        parts.append(f"TD weights non-uniform: {_yes_no(weights['non_uniform'])} ({detail})")
+        if entry.get("method") in CONTROLS:
+            # The control logs the weights verifiable would have applied, and applies none.
+            parts.append(
+                f"TD weights it would have applied non-uniform: {_yes_no(weights['non_uniform'])}"
+                f" ({detail}; not applied: every weight is 1)"
+            )
+        else:
+            parts.append(f"TD weights non-uniform: {_yes_no(weights['non_uniform'])} ({detail})")
     premise = entry.get("rho1_premise")
     if premise is not None:
         excess = premise["excess_per_head"]
