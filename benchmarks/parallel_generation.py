@@ -176,6 +176,15 @@ def main() -> None:
         loaded = ModelDirectory(model_dir).load(device="cpu", dtype="float32").eval()
         reference, _ = complete_problems(loaded, tokenizer, problems, FORMATS, settings)
         in_process = time.perf_counter() - started
+        # The strongest simple alternative on this machine: one process using every core
+        # through torch's intra-op threads (what the node does with nproc_per_node 1).
+        torch.set_num_threads(opts.workers)
+        started = time.perf_counter()
+        threaded, _ = complete_problems(loaded, tokenizer, problems, FORMATS, settings)
+        in_process_threads = time.perf_counter() - started
+        torch.set_num_threads(1)
+        if threaded != reference:
+            raise SystemExit(f"{opts.workers} threads gave other completions than one thread")
 
         rates: dict[int, tuple[float, float]] = {}
         for workers in (1, opts.workers):
@@ -222,12 +231,20 @@ def main() -> None:
     print(
         f"{'in process (1 thread)':28s} {n_completions / in_process:7.2f} completions/s end to end"
     )
+    print(
+        f"{f'in process ({opts.workers} threads)':28s} "
+        f"{n_completions / in_process_threads:7.2f} completions/s end to end"
+    )
     for workers, (wall, gen) in rates.items():
         print(
             f"{f'{workers} worker(s)':28s} {n_completions / wall:7.2f} completions/s end to end "
             f"({wall:.1f} s), {n_completions / gen:7.2f} in generation ({gen:.1f} s slowest worker)"
         )
     (w1, g1), (wn, gn) = rates[1], rates[opts.workers]
+    print(
+        f"ratio {opts.workers} workers / in process with {opts.workers} threads: end to end "
+        f"{in_process_threads / wn:.2f}, generation {in_process_threads / gn:.2f}"
+    )
     print(
         f"ratio {opts.workers} workers / 1 worker: end to end {w1 / wn:.2f}, generation {g1 / gn:.2f}"
     )
